@@ -1,0 +1,151 @@
+"""One frozen config object flows from the CLI to the trainable; presets are named data.
+
+`Config` is the recipe: everything that decides the numbers a run produces. `RunOptions` says
+where and how a run executes (run name, storage, cluster, resources); it may change on a
+resume, the recipe may not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value or flag that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # Data. `data_root=None` means the package's synthetic street scenes.
+    data_root: str | None = None
+    image_size: tuple[int, int] = (512, 1024)  # (height, width) the network trains at
+    synthetic_train: int = 36  # synthetic images in the train split (folds are cut from it)
+    synthetic_val: int = 6  # synthetic images in the official-val split
+    synthetic_size: tuple[int, int] = (256, 512)  # (height, width) of synthetic PNGs
+    skip_bad_samples: bool = False  # skip and count unreadable samples instead of failing
+    # Augmentation (the seed: ±20 % scale, pad, resize, flip, colour jitter).
+    scale_jitter: float = 0.2
+    color_jitter: float = 0.2
+    hflip: bool = True
+    # Model.
+    pretrained: str = "imagenet"  # imagenet | none | PATH to a ResNet-50 state dict
+    dropout: float = 0.0
+    # Optimisation (the seed: Adam 1e-4, batch 2, ReduceLROnPlateau(0.5, 2), CE ignore 255).
+    epochs: int = 65
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    plateau_metric: str = "val_loss"  # val_loss (min) | miou_low (max)
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    # Cross-validation.
+    folds: int = 3
+    seed: int = 0
+    group_by: str | None = None  # None | "city": keep each city inside one fold
+    # Speed (CUDA only where noted; all harmless on CPU).
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # CUDA
+    cudnn_benchmark: bool = True  # CUDA
+    compile: bool = False  # torch.compile the model
+    num_workers: int | None = None  # DataLoader workers; None = from the trial's CPU request
+    use_cache: bool = True  # read `raycity.data cache` arrays when present
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**fixed)
+
+    def replace(self, **changes: Any) -> Config:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}")
+        return dataclasses.replace(self, **changes)
+
+
+def validate(cfg: Config) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r}: expected {what}")
+
+    need(len(cfg.image_size) == 2 and all(isinstance(v, int) and v >= 32 for v in cfg.image_size),
+         "image_size", "two integers ≥ 32 (height, width)")
+    need(len(cfg.synthetic_size) == 2 and all(v >= 32 for v in cfg.synthetic_size),
+         "synthetic_size", "two integers ≥ 32")
+    need(cfg.epochs >= 1, "epochs", "an integer ≥ 1")
+    need(cfg.batch_size >= 1, "batch_size", "an integer ≥ 1")
+    need(cfg.lr > 0, "lr", "a positive number")
+    need(cfg.weight_decay >= 0, "weight_decay", "a number ≥ 0")
+    need(0.0 <= cfg.dropout < 1.0, "dropout", "a probability in [0, 1)")
+    need(0.0 <= cfg.scale_jitter < 1.0, "scale_jitter", "a fraction in [0, 1)")
+    need(cfg.color_jitter >= 0, "color_jitter", "a number ≥ 0")
+    need(cfg.folds >= 2, "folds", "an integer ≥ 2")
+    need(cfg.group_by in (None, "city"), "group_by", "none or 'city'")
+    need(cfg.plateau_metric in ("val_loss", "miou_low"), "plateau_metric", "val_loss or miou_low")
+    need(0 < cfg.plateau_factor < 1, "plateau_factor", "a number in (0, 1)")
+    need(cfg.plateau_patience >= 0, "plateau_patience", "an integer ≥ 0")
+    if cfg.data_root is None:
+        need(cfg.synthetic_train >= cfg.folds, "synthetic_train",
+             f"at least folds={cfg.folds} images")
+    need(cfg.synthetic_val >= 1, "synthetic_val", "an integer ≥ 1")
+    need(cfg.num_workers is None or cfg.num_workers >= 0, "num_workers", "an integer ≥ 0")
+    need(bool(cfg.pretrained), "pretrained", "'imagenet', 'none' or a path")
+
+
+# The seed study exactly; `demo` and `smoke` shrink sizes so a CPU finishes, not the recipe.
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": dict(image_size=(512, 1024), epochs=65, batch_size=2, lr=1e-4, pretrained="imagenet"),
+    # ≤ 10 minutes on 2 CPU cores for all 3 folds; lr is raised because it starts from scratch.
+    "demo": dict(image_size=(64, 128), epochs=7, batch_size=2, lr=1e-3, pretrained="none",
+                 synthetic_train=18, synthetic_val=6, synthetic_size=(256, 512)),
+    # Seconds: the whole pipeline, for tests and for trying flags.
+    "smoke": dict(image_size=(32, 64), epochs=2, batch_size=2, lr=1e-3, pretrained="none",
+                  synthetic_train=6, synthetic_val=3, synthetic_size=(64, 128)),
+}
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r}: unknown; choose one of {sorted(PRESETS)}")
+    return Config(**{**PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a run executes; may differ between a run and its resume."""
+
+    name: str
+    output: str = "results"
+    address: str | None = None  # None: start a local Ray; auto | HOST:PORT | ray://HOST:PORT
+    storage_path: str | None = None  # shared/remote experiment storage (NFS, s3://, gs://)
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    num_cpus: int | None = None  # for a local Ray only
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    max_failures: int = 2
+    resume: bool = False
+    overwrite: bool = False
+    verbose: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.abspath(os.path.join(self.output, self.name))
+
+
+def config_json(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,111 @@
+"""The official Cityscapes layout on disk, its label ids, and the errors a user can act on.
+
+`leftImg8bit/<split>/<city>/<name>_leftImg8bit.png` pairs with
+`gtFine/<split>/<city>/<name>_gtFine_labelIds.png`; `<name>` is `<city>_<seq>_<frame>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_png
+
+from raycity.constants import LABEL_TO_TRAIN, VALID_LABEL_IDS
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+SPLITS = ("train", "val", "test")
+
+_VALID_LUT = torch.zeros(256, dtype=torch.bool)
+_VALID_LUT[sorted(VALID_LABEL_IDS)] = True
+
+
+class DataError(ValueError):
+    """Unusable data; the message names the file or directory and what was expected."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/label pair; `key` (`<split>/<city>/<name>`) names it in folds.json and errors."""
+
+    root: str
+    split: str
+    city: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.city}/{self.name}"
+
+    @property
+    def image_path(self) -> Path:
+        return Path(self.root) / "leftImg8bit" / self.split / self.city / (self.name + IMAGE_SUFFIX)
+
+    @property
+    def label_path(self) -> Path:
+        return Path(self.root) / "gtFine" / self.split / self.city / (self.name + LABEL_SUFFIX)
+
+
+def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes labelIds → the 19 trainIds; every other id becomes 255 (ignored)."""
+    label_ids = np.asarray(label_ids)
+    if label_ids.dtype != np.uint8:
+        if label_ids.size and (label_ids.min() < 0 or label_ids.max() > 255):
+            raise ValueError("label ids must lie in 0…255")
+        label_ids = label_ids.astype(np.uint8)
+    return LABEL_TO_TRAIN[label_ids]
+
+
+def find_samples(root: str | Path, split: str) -> list[Sample]:
+    """All pairs of one split, sorted; raises DataError on a wrong root or a missing partner."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data root does not exist (expected the Cityscapes folder "
+                        f"holding leftImg8bit/ and gtFine/)")
+    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    for d in (root / "leftImg8bit", root / "gtFine"):
+        if not d.is_dir():
+            raise DataError(f"{d}: missing; {root} is not in the Cityscapes layout "
+                            f"(expected leftImg8bit/<split>/<city>/ and gtFine/<split>/<city>/)")
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: split '{split}' is missing")
+    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]
+              for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")}
+    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]
+              for p in label_dir.glob(f"*/*{LABEL_SUFFIX}")} if label_dir.is_dir() else set()
+    if not images:
+        raise DataError(f"{image_dir}: no *{IMAGE_SUFFIX} files in any city folder")
+    for stem in sorted(images - labels):
+        raise DataError(f"{label_dir / (stem + LABEL_SUFFIX)}: missing; it is the label of "
+                        f"{image_dir / (stem + IMAGE_SUFFIX)}")
+    for stem in sorted(labels - images):
+        raise DataError(f"{image_dir / (stem + IMAGE_SUFFIX)}: missing; it is the image of "
+                        f"{label_dir / (stem + LABEL_SUFFIX)}")
+    return [Sample(str(root), split, *stem.split("/", 1)) for stem in sorted(images)]
+
+
+def read_png(path: Path, mode: ImageReadMode) -> torch.Tensor:
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        return decode_png(data, mode=mode)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: file not found") from err
+    except (RuntimeError, ValueError, OSError) as err:
+        raise DataError(f"{path}: unreadable or corrupt PNG ({err})") from err
+
+
+def read_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 image (3×H×W) and trainId mask (H×W), validated; DataError names the file."""
+    image = read_png(sample.image_path, ImageReadMode.RGB)
+    label_ids = read_png(sample.label_path, ImageReadMode.GRAY)[0]
+    if image.shape[-2:] != label_ids.shape:
+        raise DataError(f"{sample.label_path}: size {tuple(label_ids.shape)} differs from its "
+                        f"image's {tuple(image.shape[-2:])} ({sample.image_path})")
+    if not bool(_VALID_LUT[label_ids.long()].all()):
+        bad = sorted(set(label_ids.unique().tolist()) - VALID_LABEL_IDS)
+        raise DataError(f"{sample.label_path}: label ids {bad} are not in the Cityscapes table "
+                        f"(expected labelIds 0…33, not trainIds or colours)")
+    return image, torch.from_numpy(LABEL_TO_TRAIN[label_ids.numpy()])

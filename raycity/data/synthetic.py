@@ -1,0 +1,120 @@
+"""Synthetic street scenes written in the official Cityscapes layout.
+
+They let a user (and the tests) run the whole pipeline, the real reader included, before fetching
+11 GB of data. Each class is painted in its Cityscapes colour with per-image lighting and noise,
+laid out like a street (sky over buildings over road), so a network can learn it in minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from raycity.constants import LABEL_COLORS
+from raycity.data.layout import IMAGE_SUFFIX, LABEL_SUFFIX
+
+# Cityscapes label ids used by the painter.
+ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
+TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 19, 20, 21, 22, 23
+PERSON, RIDER, CAR, TRUCK, BUS, BICYCLE, UNLABELED, EGO = 24, 25, 26, 27, 28, 33, 0, 1
+CITIES = ("aachen", "bochum", "cologne")
+
+
+def paint_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A labelIds map of one street scene."""
+    lab = np.full((height, width), SKY, dtype=np.uint8)
+    horizon = int(height * rng.uniform(0.35, 0.5))
+    x = 0
+    while x < width:  # a skyline of buildings, walls and trees
+        w = int(width * rng.uniform(0.08, 0.25))
+        top = int(horizon * rng.uniform(0.05, 0.6))
+        lab[top:horizon, x:x + w] = rng.choice([BUILDING, BUILDING, VEGETATION, WALL])
+        x += w
+    lab[horizon:, :] = ROAD
+    walk = horizon + int((height - horizon) * rng.uniform(0.1, 0.25))
+    lab[horizon:walk, :] = SIDEWALK
+    lab[horizon:walk, : int(width * rng.uniform(0, 0.2))] = TERRAIN
+    fence_x = int(width * rng.uniform(0.5, 0.9))
+    lab[horizon - height // 12:horizon, fence_x:fence_x + width // 10] = FENCE
+    for _ in range(rng.integers(1, 4)):  # poles with a sign or a light on top
+        px = int(rng.uniform(0, width - 4))
+        top = int(horizon * rng.uniform(0.2, 0.5))
+        lab[top:walk, px:px + max(2, width // 128)] = POLE
+        sign = TRAFFIC_SIGN if rng.random() < 0.5 else TRAFFIC_LIGHT
+        lab[top:top + height // 20, px - width // 80:px + width // 60] = sign
+    for _ in range(rng.integers(1, 4)):  # vehicles on the road
+        cls = rng.choice([CAR, CAR, CAR, TRUCK, BUS, BICYCLE])
+        vw = int(width * rng.uniform(0.08, 0.2))
+        vh = int(vw * rng.uniform(0.4, 0.7))
+        vx = int(rng.uniform(0, width - vw))
+        vy = int(rng.uniform(walk, height - vh // 2))
+        lab[max(vy - vh, 0):vy, vx:vx + vw] = cls
+    for _ in range(rng.integers(0, 3)):  # people on the sidewalk
+        pw = max(3, width // 60)
+        px = int(rng.uniform(0, width - pw))
+        lab[max(walk - 4 * pw, 0):walk, px:px + pw] = rng.choice([PERSON, PERSON, RIDER])
+    lab[int(height * 0.95):, :] = EGO  # the ego vehicle's bonnet, ignored as in the real data
+    lab[:, :2] = UNLABELED
+    return lab
+
+
+def render_image(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """RGB image: class colours under a random light, per-class tint, and pixel noise."""
+    colors = LABEL_COLORS.astype(np.float32)
+    tint = rng.normal(0, 12, size=(256, 3)).astype(np.float32)
+    img = colors[labels] + tint[labels]
+    img *= rng.uniform(0.7, 1.2)
+    img += rng.normal(0, 14, size=img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_synthetic_cityscapes(root: str | Path, counts: dict[str, int],
+                               size: tuple[int, int], seed: int = 0) -> Path:
+    """Write `counts[split]` scenes per split, spread over a few cities; deterministic in seed."""
+    root = Path(root)
+    height, width = size
+    for split, n in counts.items():
+        rng = np.random.default_rng([seed, sum(map(ord, split))])
+        for i in range(n):
+            city = CITIES[i % len(CITIES)]
+            name = f"{city}_{i:06d}_000019"
+            labels = paint_scene(rng, height, width)
+            image = render_image(rng, labels)
+            for kind, suffix, array in (("leftImg8bit", IMAGE_SUFFIX, image),
+                                        ("gtFine", LABEL_SUFFIX, labels),
+                                        ("gtFine", "_gtFine_color.png", LABEL_COLORS[labels])):
+                d = root / kind / split / city
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(d / (name + suffix))
+    return root
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("RAYCITY_CACHE", Path.home() / ".cache" / "raycity"))
+
+
+def synthetic_root(counts: dict[str, int], size: tuple[int, int], seed: int = 0) -> Path:
+    """The synthetic dataset for these parameters, generated once into the cache (atomically)."""
+    spec = json.dumps({"counts": counts, "size": list(size), "seed": seed, "v": 1}, sort_keys=True)
+    target = cache_home() / "synthetic" / hashlib.sha1(spec.encode()).hexdigest()[:12]
+    if (target / "spec.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        write_synthetic_cityscapes(tmp, counts, size, seed)
+        (tmp / "spec.json").write_text(spec)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "spec.json").is_file():  # a concurrent writer did not win either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

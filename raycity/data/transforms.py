@@ -1,0 +1,59 @@
+"""The seed's augmentations as torchvision.transforms.v2 on image + Mask jointly.
+
+Geometry is applied to both, colour only to the image; v2 resizes a `Mask` with nearest
+neighbour whatever interpolation the image uses, so labels are never blended.
+Everything runs on uint8 until the final normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from raycity.constants import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomScaleResize(v2.Transform):
+    """Resize to `size` × s with s uniform in [1 − jitter, 1 + jitter] (the seed's ±20 % scale)."""
+
+    def __init__(self, size: tuple[int, int], jitter: float) -> None:
+        super().__init__()
+        self.size, self.jitter = size, jitter
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        s = 1.0 + (torch.rand(()).item() * 2 - 1) * self.jitter
+        return {"size": [max(1, round(self.size[0] * s)), max(1, round(self.size[1] * s))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return TF.resize(inpt, params["size"], antialias=True)
+
+
+def normalize() -> list[v2.Transform]:
+    return [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transform(image_size: tuple[int, int], scale_jitter: float = 0.2,
+                    color_jitter: float = 0.2, hflip: bool = True) -> v2.Compose:
+    """Random scale, pad (image 0, mask 255) and crop back to `image_size`, flip, jitter."""
+    steps: list[v2.Transform] = [
+        RandomScaleResize(image_size, scale_jitter),
+        v2.RandomCrop(image_size, pad_if_needed=True,
+                      fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+    ]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
+    return v2.Compose(steps + normalize())
+
+
+def val_transform(image_size: tuple[int, int]) -> v2.Compose:
+    return v2.Compose([v2.Resize(image_size, antialias=True), *normalize()])

@@ -1,0 +1,115 @@
+"""One training epoch and one evaluation pass: plain PyTorch, no Ray, no files."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raycity.constants import IGNORE_INDEX, NUM_CLASSES
+from raycity.metrics import confusion_matrix
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; continuing would only waste the GPU."""
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+
+
+@dataclass
+class TrainStats:
+    loss: float
+    images: int
+    seconds: float
+    skipped: int
+
+
+@dataclass
+class EvalStats:
+    loss: float
+    cm_low: torch.Tensor  # confusion at the training resolution, vs nearest-resized labels
+    cm_full: torch.Tensor  # logits upsampled to the label's own size, vs the original labels
+    images: int
+    seconds: float
+    skipped: int
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed); nothing elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    if channels_last and device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, amp: bool = True, channels_last: bool = False,
+                    loss_fn: LossFn = cross_entropy) -> TrainStats:
+    model.train()
+    start = time.perf_counter()
+    total, images, skipped = 0.0, 0, 0
+    for step, batch in enumerate(loader):
+        skipped += batch["skipped"]
+        if "image" not in batch:
+            continue
+        x = _to_device(batch["image"], device, channels_last)
+        y = batch["mask"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            loss = loss_fn(model(x), y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss is {value} at batch {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += value * len(x)
+        images += len(x)
+    return TrainStats(total / max(images, 1), images, time.perf_counter() - start, skipped)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable[dict], device: torch.device, *,
+             num_classes: int = NUM_CLASSES, amp: bool = True, channels_last: bool = False,
+             loss_fn: LossFn = cross_entropy) -> EvalStats:
+    """Low- and full-resolution confusion matrices in one pass over the loader."""
+    model.eval()
+    start = time.perf_counter()
+    cm_low = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    cm_full = torch.zeros_like(cm_low)
+    total, images, skipped = 0.0, 0, 0
+    for batch in loader:
+        skipped += batch["skipped"]
+        if "image" not in batch:
+            continue
+        x = _to_device(batch["image"], device, channels_last)
+        y = batch["mask"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        total += loss_fn(logits, y).item() * len(x)
+        images += len(x)
+        cm_low += confusion_matrix(logits.argmax(1), y, num_classes)
+        full = batch["full_mask"]
+        full = [full[i] for i in range(len(full))] if isinstance(full, torch.Tensor) else full
+        for logit, mask in zip(logits, full):
+            mask = mask.to(device, non_blocking=True)
+            up = F.interpolate(logit[None].float(), size=mask.shape[-2:], mode="bilinear",
+                               align_corners=False)
+            cm_full += confusion_matrix(up.argmax(1), mask, num_classes)
+    return EvalStats(total / max(images, 1), cm_low.cpu(), cm_full.cpu(), images,
+                     time.perf_counter() - start, skipped)

@@ -1,0 +1,35 @@
+"""Cityscapes' evaluation: one confusion matrix summed over the whole set, IoU from the sum.
+
+Per-class IoU = TP / (TP + FP + FN); pixels whose truth is ignored do not count; classes with an
+empty union are NaN and left out of the mean (cityscapesScripts' definition).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raycity.constants import IGNORE_INDEX, NUM_CLASSES
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = NUM_CLASSES,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """num_classes² int64 matrix, rows = truth, columns = prediction; one bincount."""
+    target = target.reshape(-1).long()
+    pred = pred.reshape(-1).long()
+    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    index = num_classes * target[keep] + pred[keep]
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def iou_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:
+    cm = np.asarray(cm.cpu() if isinstance(cm, torch.Tensor) else cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou(cm: torch.Tensor | np.ndarray) -> float:
+    iou = iou_per_class(cm)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")

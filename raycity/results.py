@@ -1,0 +1,169 @@
+"""Result tables: the per-epoch schema, atomic writes, the per-fold summary and Table 1.
+
+Every file is written to a temporary name and moved into place with `os.replace`, so a run that
+is stopped at any moment leaves each table either as it was or complete.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raycity.constants import CLASS_KEYS
+
+KEY_COLUMNS = ["config_id", "fold", "epoch"]
+METRIC_COLUMNS = ["lr", "train_loss", "val_loss", "miou_low", "miou_full"]
+IOU_LOW = [f"iou_low_{k}" for k in CLASS_KEYS]
+IOU_FULL = [f"iou_full_{k}" for k in CLASS_KEYS]
+TIME_COLUMNS = ["epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_s",
+                "skipped_samples"]
+EPOCH_COLUMNS = KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS
+BEST_BY = "miou_low"  # the seed picks each fold's best epoch by its low-res val mIoU
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def epochs_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
+    """Tidy per-epoch table; a re-reported (config, fold, epoch), e.g. after a retry, counts once."""
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        return pd.DataFrame(columns=EPOCH_COLUMNS)
+    for col in EPOCH_COLUMNS:
+        if col not in df:
+            df[col] = np.nan
+    extra = [c for c in df.columns if c not in EPOCH_COLUMNS]
+    df = df[KEY_COLUMNS + extra + EPOCH_COLUMNS[len(KEY_COLUMNS):]]
+    df = df.drop_duplicates(KEY_COLUMNS, keep="last")
+    df["fold"] = df["fold"].astype("int64")
+    df["epoch"] = df["epoch"].astype("int64")
+    return df.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
+
+
+def summarize(epochs: pd.DataFrame,
+              status: Mapping[tuple[str, int], str] | None = None) -> pd.DataFrame:
+    """One row per (config, fold) at the fold's best epoch by val `miou_low`.
+
+    `status` marks folds as e.g. "failed: …"; a failed fold keeps its row (what it reached) but is
+    left out of every mean by `table1`.
+    """
+    if "config_id" not in epochs:
+        epochs = epochs.assign(config_id="cv")
+    status = status or {}
+    rows = []
+    for (config_id, fold), group in epochs.groupby(["config_id", "fold"], sort=True):
+        ranked = group[group[BEST_BY].notna()]
+        best = ranked.loc[ranked[BEST_BY].idxmax()] if len(ranked) else group.iloc[-1]
+        row = {"config_id": config_id, "fold": int(fold), "best_epoch": int(best["epoch"]),
+               "epochs_done": int(group["epoch"].max()),
+               "miou_low": float(best["miou_low"]), "miou_full": float(best["miou_full"]),
+               "status": status.get((config_id, int(fold)), "ok")}
+        for col in IOU_LOW + IOU_FULL:
+            if col in group:
+                row[col] = float(best[col])
+        if "epoch_seconds" in group:
+            row["wall_seconds"] = float(group["epoch_seconds"].sum())
+        rows.append(row)
+    for (config_id, fold), state in status.items():  # folds that failed before any epoch
+        if not any(r["config_id"] == config_id and r["fold"] == fold for r in rows):
+            rows.append({"config_id": config_id, "fold": fold, "best_epoch": 0, "epochs_done": 0,
+                         "miou_low": np.nan, "miou_full": np.nan, "status": state})
+    return pd.DataFrame(rows).sort_values(["config_id", "fold"]).reset_index(drop=True)
+
+
+def table1(summary: pd.DataFrame) -> pd.DataFrame:
+    """The seed's Table 1: a row per fold, then Mean and Std (ddof=0) over the folds that finished."""
+    ok = summary[summary["status"] == "ok"]
+    rows = [{"Fold": str(r.fold), "Low-Res mIoU": r.miou_low, "Full-Res mIoU": r.miou_full}
+            for r in summary.itertuples()]
+    for label, fn in (("Mean", np.mean), ("Std", np.std)):
+        rows.append({"Fold": label,
+                     "Low-Res mIoU": float(fn(ok["miou_low"])) if len(ok) else np.nan,
+                     "Full-Res mIoU": float(fn(ok["miou_full"])) if len(ok) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def table1_markdown(summary: pd.DataFrame, image_size: tuple[int, int] | None = None,
+                    full_size: tuple[int, int] | None = None) -> str:
+    low = f"{image_size[0]}×{image_size[1]}" if image_size else "low-res"
+    full = f"{full_size[0]}×{full_size[1]}" if full_size else "full-res"
+    lines = [f"Table 1: Cross-Validation mIoU ({low} / {full})", "",
+             "| Fold | Low-Res mIoU | Full-Res mIoU |", "|---|---|---|"]
+    status = dict(zip(summary["fold"].astype(str), summary["status"]))
+    for r in table1(summary).itertuples():
+        note = "" if status.get(r.Fold, "ok") == "ok" else f" ({status[r.Fold]})"
+        lines.append(f"| {r.Fold}{note} | {_fmt(r[2])} | {_fmt(r[3])} |")
+    failed = (summary["status"] != "ok").sum()
+    if failed:
+        lines += ["", f"Mean and Std leave out {failed} failed fold(s)."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+
+def leaderboard(summary: pd.DataFrame, hparams: list[str], values: pd.DataFrame,
+                epochs: int, metric: str = "miou_full") -> pd.DataFrame:
+    """One row per configuration: its hyperparameters and fold mean ± std (ddof=0) at each fold's
+    best epoch, over the folds that did not fail; best first by the mean of `metric`."""
+    rows = []
+    for config_id, group in summary.groupby("config_id", sort=True):
+        ok = group[group["status"] == "ok"]
+        row = {"config_id": config_id,
+               **{h: values.loc[config_id, h] for h in hparams},
+               "folds": len(group), "folds_completed": int((ok["epochs_done"] >= epochs).sum()),
+               "folds_failed": int((group["status"] != "ok").sum()),
+               "stopped_early": bool((ok["epochs_done"] < epochs).any())}
+        for m in ("miou_low", "miou_full"):
+            row[f"{m}_mean"] = float(ok[m].mean()) if len(ok) else np.nan
+            row[f"{m}_std"] = float(ok[m].std(ddof=0)) if len(ok) else np.nan
+        rows.append(row)
+    board = pd.DataFrame(rows).sort_values(f"{metric}_mean", ascending=False, na_position="last")
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board.reset_index(drop=True)
+
+
+def leaderboard_markdown(board: pd.DataFrame, hparams: list[str], metric: str) -> str:
+    head = ["rank", "config", *hparams, "folds done", "stopped early", "mIoU low", "mIoU full"]
+    lines = [f"Leaderboard (ranked by {metric}, mean ± std over folds at each fold's best epoch)",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in board.to_dict("records"):
+        cells = [str(r["rank"]), r["config_id"], *(_hp(r[h]) for h in hparams),
+                 f"{r['folds_completed']}/{r['folds']}", "yes" if r["stopped_early"] else "no",
+                 f"{_fmt(r['miou_low_mean'])} ± {_fmt(r['miou_low_std'])}",
+                 f"{_fmt(r['miou_full_mean'])} ± {_fmt(r['miou_full_std'])}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _hp(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

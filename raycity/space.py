@@ -1,0 +1,193 @@
+"""Search spaces: a small YAML vocabulary → Ray Tune samplers → concrete configurations.
+
+Configurations are drawn here, in the driver, before Tune sees them; Tune then grids over
+(configuration × fold). Sampling inside Tune would draw a fresh value for every fold, because
+every grid point draws its own sample — and a configuration judged on folds trained with
+different values is not judged at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from ray import tune
+
+from raycity.config import Config, ConfigError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+# Config fields a space may tune, with the type each value must have.
+TUNABLE: dict[str, type] = {
+    "lr": float, "dropout": float, "weight_decay": float, "batch_size": int, "epochs": int,
+    "plateau_factor": float, "plateau_patience": int, "scale_jitter": float,
+    "color_jitter": float,
+}
+METRICS = ("miou_full", "miou_low")
+TOP_KEYS = ("params", "num_samples", "metric", "scheduler", "seed")
+
+
+class SpaceError(ValueError):
+    """A search space that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Space:
+    path: str
+    params: dict[str, Any]  # name → tune Domain or {"grid_search": [...]}
+    num_samples: int = 1
+    metric: str = "miou_full"
+    scheduler: dict[str, Any] | None = None
+    seed: int = 0
+    grid: dict[str, list] = field(default_factory=dict)
+
+
+def find_space(name: str) -> Path:
+    """A path, or a file name inside search_spaces/."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = SPACES_DIR / name
+    if candidate.is_file():
+        return candidate
+    available = sorted(p.name for p in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.is_dir() else []
+    raise SpaceError(f"--space {name}: no such file here or in {SPACES_DIR}; "
+                     f"available: {', '.join(available) or 'none'}")
+
+
+def load_space(name: str) -> Space:
+    path = find_space(name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SpaceError(f"{path}: unreadable YAML ({err})") from err
+    return parse_space(raw, str(path))
+
+
+def parse_space(raw: Any, path: str = "<space>") -> Space:
+    def err(key: str, what: str) -> SpaceError:
+        return SpaceError(f"{path}: {key}: {what}")
+
+    if not isinstance(raw, dict):
+        raise err("(top level)", f"expected a mapping with keys {list(TOP_KEYS)}")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise err(unknown[0], f"unknown key; allowed: {list(TOP_KEYS)}")
+    params_raw = raw.get("params")
+    if not isinstance(params_raw, dict) or not params_raw:
+        raise err("params", "expected a mapping of config fields to samplers, e.g. "
+                            "{lr: {loguniform: [1.0e-5, 1.0e-3]}}")
+    params, grid = {}, {}
+    for name, spec in params_raw.items():
+        key = f"params.{name}"
+        if name not in TUNABLE:
+            raise err(key, f"unknown field; tunable fields: {sorted(TUNABLE)}")
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise err(key, f"expected exactly one sampler, one of {list(SAMPLERS)}")
+        ((sampler, args),) = spec.items()
+        key = f"{key}.{sampler}"
+        kind = TUNABLE[name]
+        if sampler not in SAMPLERS:
+            raise err(key, f"unknown sampler; use one of {list(SAMPLERS)}")
+        if sampler in ("grid", "choice"):
+            if not isinstance(args, list) or not args:
+                raise err(key, "expected a non-empty list of values")
+            values = [_number(v, kind, key, err) for v in args]
+            if sampler == "grid":
+                grid[name] = values
+                params[name] = tune.grid_search(values)
+            else:
+                params[name] = tune.choice(values)
+            continue
+        want = 3 if sampler == "quniform" else 2
+        if not isinstance(args, list) or len(args) != want:
+            shape = "[low, high, q]" if want == 3 else "[low, high]"
+            raise err(key, f"expected {shape}")
+        nums = [_number(v, float if sampler != "randint" else int, key, err) for v in args]
+        low, high = nums[0], nums[1]
+        if low >= high:
+            raise err(key, f"low ({low}) must be below high ({high})")
+        if sampler == "loguniform" and low <= 0:
+            raise err(key, f"bounds must be > 0 for a log scale (got {low})")
+        if sampler == "randint" and kind is not int:
+            raise err(key, f"randint draws integers, but {name} is a float; use uniform")
+        if kind is int and sampler in ("uniform", "loguniform"):
+            raise err(key, f"{name} is an integer; use randint, choice or grid")
+        if sampler == "quniform" and nums[2] <= 0:
+            raise err(key, "q must be > 0")
+        if sampler == "uniform":
+            params[name] = tune.uniform(low, high)
+        elif sampler == "loguniform":
+            params[name] = tune.loguniform(low, high)
+        elif sampler == "randint":
+            params[name] = tune.randint(low, high)
+        else:
+            params[name] = tune.quniform(low, high, nums[2])
+    num_samples = raw.get("num_samples", 1)
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise err("num_samples", f"expected an integer ≥ 1, got {num_samples!r}")
+    metric = raw.get("metric", "miou_full")
+    if metric not in METRICS:
+        raise err("metric", f"expected one of {list(METRICS)}, got {metric!r}")
+    scheduler = raw.get("scheduler")
+    if scheduler is not None:
+        scheduler = _scheduler(scheduler, err)
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise err("seed", f"expected an integer, got {seed!r}")
+    return Space(path, params, num_samples, metric, scheduler, seed, grid)
+
+
+def _number(value: Any, kind: type, key: str, err) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise err(key, f"expected a number, got {value!r}")
+    if kind is int:
+        if float(value) != int(value):
+            raise err(key, f"expected an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _scheduler(spec: Any, err) -> dict[str, Any]:
+    if not isinstance(spec, dict) or list(spec) != ["asha"]:
+        raise err("scheduler", "expected {asha: {grace_period: N, reduction_factor: M}}")
+    opts = spec["asha"] or {}
+    if not isinstance(opts, dict) or set(opts) - {"grace_period", "reduction_factor"}:
+        raise err("scheduler.asha", "allowed keys: grace_period, reduction_factor")
+    grace, factor = opts.get("grace_period", 1), opts.get("reduction_factor", 3)
+    if not isinstance(grace, int) or grace < 1:
+        raise err("scheduler.asha.grace_period", f"expected an integer ≥ 1, got {grace!r}")
+    if not isinstance(factor, (int, float)) or factor < 2:
+        raise err("scheduler.asha.reduction_factor", f"expected a number ≥ 2, got {factor!r}")
+    return {"grace_period": grace, "reduction_factor": float(factor)}
+
+
+def sample_configurations(space: Space, num_samples: int | None = None) -> list[dict[str, Any]]:
+    """Every grid point × num_samples, each random field drawn once per configuration."""
+    n = num_samples or space.num_samples
+    rng = np.random.RandomState(space.seed)
+    grid_names = list(space.grid)
+    out = []
+    for _ in range(n):
+        for point in itertools.product(*(space.grid[g] for g in grid_names)):
+            values = dict(zip(grid_names, point))
+            for name, domain in space.params.items():
+                if name not in values:
+                    drawn = domain.sample(random_state=rng)
+                    values[name] = TUNABLE[name](drawn.item() if hasattr(drawn, "item") else drawn)
+            out.append({k: values[k] for k in space.params})
+    return out
+
+
+def check_against(cfg: Config, configurations: list[dict[str, Any]], path: str) -> None:
+    """Each configuration must make a valid Config (e.g. dropout < 1) before anything launches."""
+    for values in configurations:
+        try:
+            dataclasses.replace(cfg, **values)
+        except ConfigError as err:
+            raise SpaceError(f"{path}: a sampled configuration is invalid: {err}") from err

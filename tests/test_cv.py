@@ -1,0 +1,109 @@
+"""`raycity.cv` as a user runs it: real Ray Tune, generated data, the files a user opens."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from raycity import cv
+from raycity.checkpoint import load_checkpoint
+from raycity.results import IOU_FULL, IOU_LOW, table1
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def demo_run(ray_session, tmp_path_factory):
+    """A smoke CV without --data-root: the synthetic demo path, end to end."""
+    out = tmp_path_factory.mktemp("runs")
+    code = cv.main(["--preset", "smoke", "--epochs", str(EPOCHS), "--output", str(out),
+                    "--name", "smoke", "--cpus-per-trial", "0.6"])
+    return code, out / "smoke"
+
+
+def test_run_succeeds_and_prints_the_demo_banner(demo_run):
+    code, run_dir = demo_run
+    assert code == 0
+    assert (run_dir / "config.json").is_file() and (run_dir / "folds.json").is_file()
+
+
+def test_epochs_parquet_holds_every_fold_and_epoch_once(demo_run):
+    _, run_dir = demo_run
+    df = pd.read_parquet(run_dir / "epochs.parquet")
+    assert sorted(df["fold"].unique()) == [1, 2, 3]
+    assert len(df) == 3 * EPOCHS
+    assert not df.duplicated(["fold", "epoch"]).any()
+    assert df.groupby("fold")["epoch"].apply(sorted).tolist() == [[1, 2]] * 3
+    for col in ["lr", "train_loss", "val_loss", "miou_low", "miou_full", "epoch_seconds",
+                *IOU_LOW, *IOU_FULL]:
+        assert col in df, col
+    assert df["miou_low"].between(0, 1).all() and df["miou_full"].between(0, 1).all()
+    assert (df["lr"] > 0).all() and (df["epoch_seconds"] > 0).all()
+
+
+def test_summary_and_table1_agree(demo_run):
+    _, run_dir = demo_run
+    summary = pd.read_parquet(run_dir / "summary.parquet")
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert summary["fold"].tolist() == [1, 2, 3]
+    for row in summary.itertuples():  # best epoch by low-res mIoU, as the seed picks it
+        fold = epochs[epochs["fold"] == row.fold]
+        assert row.miou_low == fold["miou_low"].max()
+        assert row.best_epoch == int(fold.loc[fold["miou_low"].idxmax(), "epoch"])
+    md = (run_dir / "summary.md").read_text()
+    t = table1(summary).set_index("Fold")
+    assert "| Fold | Low-Res mIoU | Full-Res mIoU |" in md
+    for label in ("1", "2", "3", "Mean", "Std"):
+        assert f"| {label} | {t.loc[label, 'Low-Res mIoU']:.4f} | {t.loc[label, 'Full-Res mIoU']:.4f} |" in md
+
+
+def test_folds_manifest_config_and_artifacts(demo_run):
+    _, run_dir = demo_run
+    folds = json.loads((run_dir / "folds.json").read_text())
+    assert folds["k"] == 3 and len(folds["folds"]) == 3
+    vals = [set(f["val"]) for f in folds["folds"]]
+    assert not (vals[0] & vals[1]) and len(set().union(*vals)) == 6
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["epochs"] == EPOCHS and config["image_size"] == [32, 64]
+    assert len(list((run_dir / "tensorboard").glob("*/events.out.tfevents.*"))) == 3
+    for k in (1, 2, 3):  # each fold's best model, self-describing
+        state = load_checkpoint(run_dir / "checkpoints" / f"fold{k}.pt")
+        assert state["meta"]["fold"] == k and state["meta"]["config"]["epochs"] == EPOCHS
+
+
+def test_existing_name_is_refused_and_resume_of_nothing(demo_run, capsys):
+    _, run_dir = demo_run
+    before = (run_dir / "epochs.parquet").read_bytes()
+    assert cv.main(["--preset", "smoke", "--output", str(run_dir.parent), "--name", "smoke"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "epochs.parquet").read_bytes() == before
+    assert cv.main(["--resume", str(run_dir.parent / "nope")]) == 2
+    assert "no such run" in capsys.readouterr().err
+
+
+def test_bad_inputs_give_one_clear_error(tmp_path, capsys, tiny_cityscapes):
+    assert cv.main(["--preset", "seed", "--output", str(tmp_path)]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    assert cv.main(["--data-root", str(tmp_path / "missing"), "--preset", "smoke",
+                    "--output", str(tmp_path)]) == 2
+    assert "data root does not exist" in capsys.readouterr().err
+    assert cv.main(["--preset", "smoke", "--lr", "-1", "--output", str(tmp_path)]) == 2
+    assert "lr=-1.0" in capsys.readouterr().err
+    assert cv.main(["--preset", "smoke", "--folds", "9", "--data-root", str(tiny_cityscapes),
+                    "--output", str(tmp_path), "--name", "k9"]) == 2
+    assert "cannot cut 6 samples into 9 folds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cv.main(["--image-size", "big"])
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cv.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--data-root", "--preset", "--epochs", "--gpus-per-trial", "--dashboard",
+                 "--resume", "--address", "--storage-path"):
+        assert flag in out

@@ -1,0 +1,46 @@
+import pytest
+
+from raycity.folds import FoldsError, load_folds, make_folds, save_folds
+
+KEYS = [f"train/{city}/{city}_{i:06d}_000019" for city in ("aachen", "bonn", "jena", "ulm")
+        for i in range(5 + len(city))]
+CITIES = [k.split("/")[1] for k in KEYS]
+
+
+def test_deterministic_disjoint_covering():
+    a = make_folds(KEYS, k=3, seed=7)
+    assert a == make_folds(list(reversed(KEYS)), k=3, seed=7)  # input order does not matter
+    assert a != make_folds(KEYS, k=3, seed=8)
+    vals = [set(f.val) for f in a]
+    assert set().union(*vals) == set(KEYS)
+    assert all(not (vals[i] & vals[j]) for i in range(3) for j in range(i + 1, 3))
+    for f in a:
+        assert set(f.train) == set(KEYS) - set(f.val)
+    assert [f.fold for f in a] == [1, 2, 3]
+    sizes = [len(v) for v in vals]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_group_by_city_keeps_cities_whole():
+    folds = make_folds(KEYS, k=3, seed=0, groups=CITIES)
+    city_of = dict(zip(KEYS, CITIES))
+    for f in folds:
+        assert not ({city_of[k] for k in f.val} & {city_of[k] for k in f.train})
+    assert set().union(*(set(f.val) for f in folds)) == set(KEYS)
+    with pytest.raises(FoldsError, match="cities cannot fill"):
+        make_folds(KEYS, k=5, groups=CITIES)
+
+
+def test_too_few_samples():
+    with pytest.raises(FoldsError, match="cannot cut 2 samples into 3 folds"):
+        make_folds(KEYS[:2], k=3)
+
+
+def test_manifest_round_trip(tmp_path):
+    folds = make_folds(KEYS, k=3, seed=1)
+    save_folds(tmp_path / "folds.json", folds, {"seed": 1})
+    loaded, meta = load_folds(tmp_path / "folds.json")
+    assert loaded == folds and meta == {"seed": 1}
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(FoldsError, match="bad.json"):
+        load_folds(tmp_path / "bad.json")

@@ -1,0 +1,97 @@
+import pytest
+import torch
+from torchvision.models import resnet50
+
+from raycity.constants import NUM_CLASSES
+from raycity.model import (
+    DECODER_CHANNELS,
+    ENCODER_CHANNELS,
+    PretrainedWeightsError,
+    UNetResNet50,
+    load_encoder_weights,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return UNetResNet50().eval()
+
+
+@pytest.mark.parametrize("size", [(64, 128), (250, 510), (97, 131)])
+def test_logits_match_any_input_size(model, size):
+    with torch.inference_mode():
+        out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, NUM_CLASSES, *size)
+
+
+def test_stage_channels_and_scales(model):
+    x = torch.randn(1, 3, 128, 256)
+    with torch.inference_mode():
+        feats = model.encoder(x)
+        assert [f.shape[1] for f in feats] == list(ENCODER_CHANNELS)
+        assert [f.shape[-1] for f in feats] == [256 // s for s in (2, 4, 8, 16, 32)]
+        y = model.bottleneck(feats[-1])
+        assert y.shape[1] == 2048
+        outs = []
+        for stage, skip in zip(model.decoder, reversed(feats[:-1])):
+            y = stage(y, skip)
+            outs.append(y)
+    assert [o.shape[1] for o in outs] == list(DECODER_CHANNELS)
+    assert [o.shape[-1] for o in outs] == [256 // s for s in (16, 8, 4, 2)]
+    assert model.head.up.out_channels == 32
+    assert model.head.classify.out_channels == NUM_CLASSES
+
+
+def test_parameter_count_is_encoder_plus_decoder(model):
+    """The ResNet-50 without its classifier plus the seed's decoder (≈147 M in all)."""
+    backbone = resnet50()
+    encoder = sum(p.numel() for n, p in backbone.named_parameters() if not n.startswith("fc."))
+    assert sum(p.numel() for p in model.encoder.parameters()) == encoder
+    total = sum(p.numel() for p in model.parameters())
+    assert 140e6 < total < 155e6
+
+
+def test_dropout_only_when_asked():
+    off = UNetResNet50(dropout=0.0)
+    on = UNetResNet50(dropout=0.3)
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in off.modules())
+    drops = [m for m in on.bottleneck.modules() if isinstance(m, torch.nn.Dropout2d)]
+    assert len(drops) == 1 and drops[0].p == 0.3
+    on.train()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = on(x), on(x)
+    assert not torch.equal(a, b)  # training mode drops channels at random
+    on.eval()
+    with torch.no_grad():
+        assert torch.equal(on(x), on(x))
+
+
+def test_pretrained_from_path(tmp_path):
+    ref = resnet50()
+    path = tmp_path / "r50.pth"
+    torch.save(ref.state_dict(), path)
+    model = UNetResNet50(pretrained=str(path))
+    assert torch.equal(model.encoder.stages[3][0].conv1.weight, ref.layer4[0].conv1.weight)
+    assert torch.equal(model.encoder.stem[0].weight, ref.conv1.weight)
+
+
+def test_pretrained_errors_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(PretrainedWeightsError, match="no such file"):
+        UNetResNet50(pretrained=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, bad)
+    with pytest.raises(PretrainedWeightsError, match="not a ResNet-50"):
+        UNetResNet50(pretrained=str(bad))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    from torchvision.models import ResNet50_Weights
+
+    monkeypatch.setattr(type(ResNet50_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(PretrainedWeightsError) as err:
+        load_encoder_weights(resnet50(), "imagenet")
+    message = str(err.value)
+    assert "resnet50-" in message and "checkpoints" in message and "--pretrained none" in message

@@ -1,0 +1,131 @@
+"""The CV-aware scheduler: decisions on fold means, whole configurations stopped together."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from ray.tune.schedulers import TrialScheduler
+
+from raycity.scheduler import FoldMeanASHA
+
+QUALITY = {"good": 0.8, "mid": 0.5, "bad": 0.2}
+
+
+def trial(config_id, fold):
+    return SimpleNamespace(config={"variant": {"config_id": config_id}, "fold": fold})
+
+
+def curve(config_id, fold, epoch):
+    """Deterministic: better configurations are better on every fold; folds differ a little."""
+    return QUALITY[config_id] + 0.02 * epoch + 0.01 * (fold - 2)
+
+
+def test_rungs():
+    s = FoldMeanASHA("m", folds=3, max_t=10, grace_period=1, reduction_factor=3)
+    assert s.rungs == [1, 3, 9]
+
+
+class FakeController:
+    """Stands in for Tune's controller: holds trials and records which ones were stopped."""
+
+    def __init__(self, trials):
+        self.trials, self.stopped = trials, []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial)
+        trial.status = "TERMINATED"
+
+
+def test_a_configuration_waits_for_all_folds_and_stops_as_a_whole():
+    s = FoldMeanASHA("m", folds=3, max_t=6, grace_period=2, reduction_factor=2)
+    trials = {(c, f): trial(c, f) for c in QUALITY for f in (1, 2, 3)}
+    for i, t in enumerate(trials.values()):
+        t.trial_id, t.status = str(i), "RUNNING"
+    tc = FakeController(list(trials.values()))
+
+    def report(c, f, epoch, value=None):
+        value = curve(c, f, epoch) if value is None else value
+        decision = s.on_trial_result(tc, trials[(c, f)], {"m": value, "epoch": epoch})
+        if decision == TrialScheduler.PAUSE:
+            trials[(c, f)].status = "PAUSED"
+        return decision
+
+    # below the first rung everybody runs on
+    assert report("good", 1, 1) == TrialScheduler.CONTINUE
+    # a fold at the rung before its siblings waits, paused
+    assert report("good", 1, 2) == TrialScheduler.PAUSE
+    assert report("good", 2, 2) == TrialScheduler.PAUSE
+    assert s.choose_trial_to_run(tc) is None  # paused folds are not resumed before the decision
+    assert report("good", 3, 2) == TrialScheduler.CONTINUE  # first at this rung: passes
+    assert s.choose_trial_to_run(tc) is trials[("good", 1)]  # … and its siblings resume
+    # "bad" is judged only with all three folds in, then stopped on all three together
+    assert report("bad", 1, 2) == TrialScheduler.PAUSE
+    assert report("bad", 2, 2) == TrialScheduler.PAUSE
+    assert "bad" not in s.stopped
+    assert report("bad", 3, 2) == TrialScheduler.STOP
+    assert sorted(t.trial_id for t in tc.stopped) == sorted(
+        trials[("bad", f)].trial_id for f in (1, 2))
+    assert s.stopped == {"bad": 2}
+    mean_good = sum(curve("good", f, 2) for f in (1, 2, 3)) / 3
+    assert abs(s.record[2]["good"] - mean_good) < 1e-12  # the rung judged fold means
+
+
+def test_one_bad_fold_does_not_sink_a_good_configuration():
+    """Plain per-trial ASHA would cut "good" fold 1; the fold mean keeps the configuration."""
+    s = FoldMeanASHA("m", folds=3, max_t=4, grace_period=1, reduction_factor=2)
+    everyone = [trial(c, f) for c in ("mid", "good") for f in (1, 2, 3)]
+    for i, t in enumerate(everyone):
+        t.trial_id, t.status = str(i), "RUNNING"
+    tc = FakeController(everyone)
+    values = [0.6, 0.6, 0.6, 0.55, 0.9, 0.9]  # good's fold 1 is below mid, its mean well above
+    for t, value in zip(everyone, values):
+        s.on_trial_result(tc, t, {"m": value, "epoch": 1})
+    assert "good" not in s.stopped and not tc.stopped
+
+
+def test_through_ray_tune_with_a_fake_trainable(ray_session):
+    import sys
+
+    from ray import cloudpickle, tune
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+
+    def fake(config):
+        import json
+        import tempfile
+        from pathlib import Path
+
+        cid, fold = config["variant"]["config_id"], config["fold"]
+        start = 1
+        if tune.get_checkpoint():
+            with tune.get_checkpoint().as_directory() as d:
+                start = json.loads((Path(d) / "state.json").read_text())["epoch"] + 1
+        for epoch in range(start, 7):
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+                tune.report({"miou_full": curve(cid, fold, epoch), "epoch": epoch},
+                            checkpoint=tune.Checkpoint.from_directory(d))
+
+    scheduler = FoldMeanASHA("miou_full", folds=3, max_t=6, grace_period=2, reduction_factor=2)
+    grid = tune.Tuner(
+        tune.with_resources(fake, {"cpu": 0.5}),
+        param_space={"variant": tune.grid_search([{"config_id": c} for c in QUALITY]),
+                     "fold": tune.grid_search([1, 2, 3])},
+        tune_config=tune.TuneConfig(scheduler=scheduler),
+        run_config=tune.RunConfig(verbose=0, storage_path=None),
+    ).fit()
+    epochs = {}
+    for r in grid:
+        assert r.error is None
+        epochs.setdefault(r.config["variant"]["config_id"], []).append(r.metrics["epoch"])
+    assert epochs["good"] == [6, 6, 6]  # the best configuration always trains to the end
+    # every configuration stops on all of its folds at the same rung, or none
+    for config_id, runs in epochs.items():
+        assert len(set(runs)) == 1, (config_id, runs)
+    # Trials start in grid order, so "good" completes the first rung before the last fold of
+    # "bad" starts; "bad" is worse on every fold and is cut there, on all three folds.
+    assert epochs["bad"] == [2, 2, 2]
+
