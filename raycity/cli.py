@@ -73,6 +73,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
     run.add_argument("--max-failures", type=int, default=2,
                      help="restarts of a crashed fold from its last checkpoint (default: 2)")
+    run.add_argument("--keep-trial-checkpoints", action="store_true",
+                     help="keep Tune's per-epoch checkpoints after a run that finished cleanly "
+                          "(default: only each fold's best model is kept, in checkpoints/)")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--address", help="join a Ray cluster: auto | HOST:PORT | ray://HOST:PORT")
     cluster.add_argument("--storage-path",
@@ -121,6 +124,7 @@ def build_options(args: argparse.Namespace, preset_name: str) -> RunOptions:
                       storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial or 0,
                       gpus_per_trial=gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
                       dashboard_host=args.dashboard_host, max_failures=args.max_failures,
+                      keep_trial_checkpoints=args.keep_trial_checkpoints,
                       resume=bool(args.resume), overwrite=args.overwrite)
 
 
@@ -139,3 +143,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def fail(message: object) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def interrupted(opts: RunOptions | None) -> int:
+    if opts is not None:
+        print(f"\ninterrupted; the tables in {opts.run_dir} are consistent up to the last "
+              f"epoch.\ncontinue with: --resume {opts.run_dir}", file=sys.stderr)
+    return 130

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -109,7 +109,7 @@ def validate(cfg: Config) -> None:
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": dict(image_size=(512, 1024), epochs=65, batch_size=2, lr=1e-4, pretrained="imagenet"),
     # ≤ 10 minutes on 2 CPU cores for all 3 folds; lr is raised because it starts from scratch.
-    "demo": dict(image_size=(64, 128), epochs=7, batch_size=2, lr=1e-3, pretrained="none",
+    "demo": dict(image_size=(64, 128), epochs=9, batch_size=2, lr=1e-3, pretrained="none",
                  synthetic_train=18, synthetic_val=6, synthetic_size=(256, 512)),
     # Seconds: the whole pipeline, for tests and for trying flags.
     "smoke": dict(image_size=(32, 64), epochs=2, batch_size=2, lr=1e-3, pretrained="none",
@@ -137,10 +137,9 @@ class RunOptions:
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     max_failures: int = 2
+    keep_trial_checkpoints: bool = False
     resume: bool = False
     overwrite: bool = False
-    verbose: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> str:

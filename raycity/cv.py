@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from raycity.cli import add_common_args, build_config, build_options, fail, user_errors
+from raycity.cli import (
+    add_common_args,
+    build_config,
+    build_options,
+    fail,
+    interrupted,
+    user_errors,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,19 +29,26 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    opts = None
     try:
         cfg, explicit, preset_name = build_config(args)
         opts = build_options(args, preset_name)
         from raycity.experiment import Variant, run_experiment
 
         run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], explicit=explicit)
+        if summary is None:
+            return fail(f"{run_dir}: no fold reported a single epoch")
+        from raycity.report import write_report
+
+        write_report(run_dir)
     except user_errors() as err:
         return fail(err)
-    if summary is None:
-        return fail(f"{run_dir}: no fold reported a single epoch")
+    except KeyboardInterrupt:
+        return interrupted(opts)
     print()
     print((run_dir / "summary.md").read_text())
     print(f"results: {run_dir}\n  pandas: pd.read_parquet('{run_dir}/epochs.parquet')\n"
+          f"  report: {run_dir}/report.md, figures in {run_dir}/figures/\n"
           f"  tensorboard --logdir {run_dir}/tensorboard")
     failed = summary[summary["status"] != "ok"]
     for row in failed.itertuples():

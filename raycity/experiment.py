@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,13 +69,14 @@ class RunState:
     storage_path: str
     experiment_name: str
     hparams: list[str]
+    metric: str = "miou_full"
 
     def to_json(self) -> str:
         return json.dumps({
             "kind": self.kind, "variants": [v.__dict__ for v in self.variants],
             "data_root": self.data_root, "synthetic": self.synthetic,
             "storage_path": self.storage_path, "experiment_name": self.experiment_name,
-            "hparams": self.hparams}, indent=1)
+            "hparams": self.hparams, "metric": self.metric}, indent=1)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
@@ -85,28 +87,30 @@ class RunState:
             raise RunError(f"{run_dir}: not a raycity run that can be resumed ({err})") from err
         return cls(raw["kind"], config, [Variant(**v) for v in raw["variants"]],
                    raw["data_root"], raw["synthetic"], raw["storage_path"],
-                   raw["experiment_name"], raw["hparams"])
+                   raw["experiment_name"], raw["hparams"], raw.get("metric", "miou_full"))
 
     @property
     def experiment_path(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.experiment_name}"
 
 
-def prepare_run_dir(opts: RunOptions) -> Path:
+def check_run_dir(opts: RunOptions) -> Path:
     """A new run must not silently merge into an old one; `--resume` needs one that exists."""
     run_dir = Path(opts.run_dir)
-    exists = run_dir.exists() and any(run_dir.iterdir())
     if opts.resume:
         if not (run_dir / "run.json").is_file():
             raise RunError(f"--resume {run_dir}: no such run (no run.json there)")
-        return run_dir
-    if exists and not opts.overwrite:
+    elif run_dir.exists() and any(run_dir.iterdir()) and not opts.overwrite:
         raise RunError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, "
                        f"--overwrite to replace it, or --name to start another")
-    if exists:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
+    """Called once Ray is up, so that a run that cannot start leaves nothing behind."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # --overwrite, checked by check_run_dir
+    run_dir.mkdir(parents=True)
 
 
 def check_resume_flags(saved: Config, explicit: dict[str, Any]) -> None:
@@ -161,7 +165,7 @@ def make_recorder(run_dir: Path, state: RunState, echo: Callable[[str], None]):
                         **{h: overrides.get(h, getattr(state.config, h)) for h in state.hparams}})
             self.rows.append(row)
             self.status.pop((config_id, fold), None)
-            self.flush()
+            self.flush(fold)
             self.tensorboard(config_id, fold, row)
             echo(progress_line(state, config_id, fold, row))
 
@@ -192,8 +196,14 @@ def make_recorder(run_dir: Path, state: RunState, echo: Callable[[str], None]):
                     w.add_scalar(f"{key}", row[key], step)
             w.flush()
 
-        def flush(self) -> None:
-            write_tables(run_dir, state, epochs_frame(self.rows), self.status)
+        def flush(self, fold: int | None = None) -> None:
+            epochs = epochs_frame(self.rows)
+            write_tables(run_dir, state, epochs, self.status)
+            if fold is not None and state.kind == "cv":  # curves follow the run as it goes
+                from raycity.figures import cv_history, fold_history
+
+                fold_history(epochs, fold, run_dir / "figures" / f"fold{fold}_history.png")
+                cv_history(epochs, run_dir / "figures" / "cv_history.png")
 
     return RunRecorder()
 
@@ -238,6 +248,7 @@ def connect_ray(opts: RunOptions) -> bool:
     if ray.is_initialized():
         return False
     if opts.address:
+        check_reachable(opts.address)
         try:
             ray.init(address=opts.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
@@ -252,6 +263,20 @@ def connect_ray(opts: RunOptions) -> bool:
     return True
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable GCS for minutes; a TCP probe answers at once."""
+    if address == "auto":
+        return
+    host_port = address.removeprefix("ray://").rsplit(":", 1)
+    if len(host_port) != 2 or not host_port[1].isdigit():
+        raise RunError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host_port[0], int(host_port[1])), timeout=timeout_s).close()
+    except OSError as err:
+        raise RunError(f"--address {address}: cannot connect to a Ray cluster ({err}); start one "
+                       f"with `ray start --head` or omit --address") from err
+
+
 def default_cpus_per_trial(trials: int) -> float:
     """A fair share of the cluster's CPUs: all trials run at once when there are more trials than
     CPUs (fractional shares, one torch thread each), otherwise whole CPUs, at most 8."""
@@ -264,7 +289,7 @@ def default_cpus_per_trial(trials: int) -> float:
 
 
 def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant], *,
-                   hparams: Sequence[str] = (), scheduler: Any = None,
+                   hparams: Sequence[str] = (), metric: str = "miou_full", scheduler: Any = None,
                    explicit: dict[str, Any] | None = None, loss_fn: LossFn = cross_entropy,
                    echo: Callable[[str], None] | None = None) -> tuple[Path, pd.DataFrame | None]:
     """Train every variant on every fold; returns the run dir and the final summary.
@@ -274,8 +299,8 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
     from ray import tune
 
     echo = echo or (lambda line: print(line, flush=True))
+    run_dir = check_run_dir(opts)
     if opts.resume:
-        run_dir = prepare_run_dir(opts)
         state = RunState.load(run_dir)
         check_resume_flags(state.config, explicit or {})
         folds, _ = load_folds(run_dir / "folds.json")
@@ -285,23 +310,25 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
         samples = find_samples(root, "train")
         folds = make_folds([s.key for s in samples], cfg.folds, cfg.seed,
                            groups=[s.city for s in samples] if cfg.group_by == "city" else None)
-        run_dir = prepare_run_dir(opts)
         if opts.storage_path:
             storage, experiment = opts.storage_path, opts.name
         else:
             storage, experiment = str(run_dir), EXPERIMENT_NAME
         state = RunState(kind, cfg, list(variants), root, synthetic, storage, experiment,
-                         list(hparams))
-        save_folds(run_dir / "folds.json", folds,
-                   {"k": cfg.folds, "seed": cfg.seed, "group_by": cfg.group_by, "data_root": root})
-        atomic_write_text(run_dir / "config.json", config_json(cfg))
-        atomic_write_text(run_dir / "run.json", state.to_json())
+                         list(hparams), metric)
     cfg = state.config
     if state.synthetic:
         echo(banner(state.data_root))
 
     started = connect_ray(opts)
     try:
+        if not opts.resume:
+            create_run_dir(run_dir)
+            save_folds(run_dir / "folds.json", folds, {"k": cfg.folds, "seed": cfg.seed,
+                                                       "group_by": cfg.group_by,
+                                                       "data_root": state.data_root})
+            atomic_write_text(run_dir / "config.json", config_json(cfg))
+            atomic_write_text(run_dir / "run.json", state.to_json())
         n_trials = len(state.variants) * len(folds)
         cpus = opts.cpus_per_trial or default_cpus_per_trial(n_trials)
         trainable = tune.with_resources(
@@ -324,6 +351,9 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
                 status[key] = f"failed: {short_error(result.error)}"
             else:
                 export_best(run_dir, state, key, result)
+        if not status and not opts.keep_trial_checkpoints:
+            for result in grid:
+                drop_trial_checkpoints(result)
     finally:
         if started:
             import ray
@@ -375,6 +405,17 @@ def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: An
     prefix = "" if state.kind == "cv" else f"{key[0]}_"
     save_checkpoint(run_dir / "checkpoints" / f"{prefix}fold{key[1]}.pt",
                     {"model": ckpt["model"], "meta": ckpt["meta"]})
+
+
+def drop_trial_checkpoints(result: Any) -> None:
+    """Tune's per-epoch checkpoints (1.8 GB each: weights + Adam state) exist to resume; once
+    every fold has finished and its best model is exported, they are only disk to fill."""
+    import pyarrow.fs
+
+    fs = result.filesystem
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(result.path, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            fs.delete_dir(info.path)
 
 
 def banner(root: str) -> str:

@@ -23,8 +23,11 @@ IOU_LOW = [f"iou_low_{k}" for k in CLASS_KEYS]
 IOU_FULL = [f"iou_full_{k}" for k in CLASS_KEYS]
 TIME_COLUMNS = ["epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_s",
                 "skipped_samples"]
-EPOCH_COLUMNS = KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS
+RUN_COLUMNS = ["node_id"]  # the Ray node that trained the epoch (placement on a cluster)
+EPOCH_COLUMNS = KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
 BEST_BY = "miou_low"  # the seed picks each fold's best epoch by its low-res val mIoU
+_UMASK = os.umask(0)  # read once: files get the permissions the user's umask allows
+os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -32,6 +35,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from collaborators
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -16,13 +17,18 @@ from raycity.engine import LossFn, cross_entropy
 from raycity.folds import FoldSplit
 from raycity.training import run_fold
 
+STAGING_PREFIX = "raycity-ckpt-"
 
-def staging_dir(needed_bytes: int = 4 << 30) -> str | None:
+
+def staging_dir(trial_id: str, needed_bytes: int = 4 << 30) -> str | None:
     """RAM-backed /dev/shm when it has room: the checkpoint is written once to memory and once
-    (by Ray) to storage, instead of twice to disk."""
-    shm = "/dev/shm"
+    (by Ray) to storage, instead of twice to disk. A trial restarted after its worker was killed
+    first removes what the killed one left there."""
+    shm = Path("/dev/shm")
     try:
-        return shm if shutil.disk_usage(shm).free > needed_bytes else None
+        for stale in shm.glob(f"{STAGING_PREFIX}{trial_id}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return str(shm) if shutil.disk_usage(shm).free > needed_bytes else None
     except OSError:
         return None
 
@@ -38,6 +44,9 @@ def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSpli
     threads = max(1, int(cpus))
     torch.set_num_threads(threads)
 
+    node_id = ray.get_runtime_context().get_node_id()
+    trial_id = tune.get_context().get_trial_id()
+    staging = staging_dir(trial_id)
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -45,9 +54,10 @@ def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSpli
             resume = load_checkpoint(Path(directory) / FILENAME)
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix="raycity-ckpt-", dir=staging_dir()) as directory:
+        with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{trial_id}-",
+                                         dir=staging) as directory:
             save_checkpoint(Path(directory) / FILENAME, state)
-            tune.report({**metrics, "config_id": variant["config_id"]},
+            tune.report({**metrics, "config_id": variant["config_id"], "node_id": node_id},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
     run_fold(cfg, fold, data_root, report, resume=resume, threads=threads, loss_fn=loss_fn)

@@ -133,15 +133,16 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         try:
             train = train_one_epoch(forward, train_loader, optimizer, device, amp=cfg.amp,
                                     channels_last=cfg.channels_last, loss_fn=loss_fn)
+            val = evaluate(forward, val_loader, device, amp=cfg.amp,
+                           channels_last=cfg.channels_last, loss_fn=loss_fn)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"fold {split.fold}, epoch {epoch}, lr {lr:.3g}: {err}") from err
         except torch.OutOfMemoryError as err:
             raise torch.OutOfMemoryError(
-                f"fold {split.fold}: out of GPU memory at batch_size={cfg.batch_size}, "
-                f"image_size={cfg.image_size}; lower --batch-size or --image-size, keep --amp on, "
-                f"or give each trial a whole GPU (--gpus-per-trial 1)") from err
-        val = evaluate(forward, val_loader, device, amp=cfg.amp,
-                       channels_last=cfg.channels_last, loss_fn=loss_fn)
+                f"fold {split.fold}, epoch {epoch}: out of GPU memory at "
+                f"batch_size={cfg.batch_size}, image_size={cfg.image_size}; lower --batch-size "
+                f"or --image-size, keep bf16 on (drop --no-amp), or give each trial a whole GPU "
+                f"(--gpus-per-trial 1)") from err
         metrics = fold_metrics(split.fold, epoch, lr, train, val)
         scheduler.step(metrics[cfg.plateau_metric])
         state = {

@@ -31,3 +31,23 @@ def tiny_cityscapes(tmp_path_factory) -> Path:
     """Six train and two val scenes in the official layout, at 64×128."""
     root = tmp_path_factory.mktemp("cityscapes")
     return write_synthetic_cityscapes(root, {"train": 6, "val": 2}, (64, 128), seed=3)
+
+
+SMOKE_EPOCHS = 2
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_session, tmp_path_factory):
+    """One real smoke CV without --data-root (the synthetic demo path), shared by the tests
+    that read what a run leaves behind. Returns (exit code, run dir)."""
+    from raycity import cv
+
+    out = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAYCITY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    try:
+        code = cv.main(["--preset", "smoke", "--epochs", str(SMOKE_EPOCHS), "--output", str(out),
+                        "--name", "smoke", "--cpus-per-trial", "0.6"])
+    finally:
+        mp.undo()
+    return code, out / "smoke"

@@ -10,17 +10,12 @@ import pytest
 from raycity import cv
 from raycity.checkpoint import load_checkpoint
 from raycity.results import IOU_FULL, IOU_LOW, table1
+from tests.conftest import SMOKE_EPOCHS as EPOCHS
 
-EPOCHS = 2
 
-
-@pytest.fixture(scope="module")
-def demo_run(ray_session, tmp_path_factory):
-    """A smoke CV without --data-root: the synthetic demo path, end to end."""
-    out = tmp_path_factory.mktemp("runs")
-    code = cv.main(["--preset", "smoke", "--epochs", str(EPOCHS), "--output", str(out),
-                    "--name", "smoke", "--cpus-per-trial", "0.6"])
-    return code, out / "smoke"
+@pytest.fixture
+def demo_run(smoke_run):
+    return smoke_run
 
 
 def test_run_succeeds_and_prints_the_demo_banner(demo_run):
@@ -67,8 +62,12 @@ def test_folds_manifest_config_and_artifacts(demo_run):
     assert not (vals[0] & vals[1]) and len(set().union(*vals)) == 6
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == EPOCHS and config["image_size"] == [32, 64]
-    assert len(list((run_dir / "tensorboard").glob("*/events.out.tfevents.*"))) == 3
-    for k in (1, 2, 3):  # each fold's best model, self-describing
+    folds_logged = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
+    assert folds_logged == ["cv_fold1", "cv_fold2", "cv_fold3"]
+    for name in folds_logged:  # scalars per epoch, and the prediction panel at the end
+        assert list((run_dir / "tensorboard" / name).glob("events.out.tfevents.*"))
+    assert not list((run_dir / "tune").glob("*/checkpoint_*"))  # a clean run drops them …
+    for k in (1, 2, 3):  # … and keeps each fold's best model, self-describing
         state = load_checkpoint(run_dir / "checkpoints" / f"fold{k}.pt")
         assert state["meta"]["fold"] == k and state["meta"]["config"]["epochs"] == EPOCHS
 

@@ -86,7 +86,7 @@ def test_one_bad_fold_does_not_sink_a_good_configuration():
     assert "good" not in s.stopped and not tc.stopped
 
 
-def test_through_ray_tune_with_a_fake_trainable(ray_session):
+def test_through_ray_tune_with_a_fake_trainable(ray_session, tmp_path):
     import sys
 
     from ray import cloudpickle, tune
@@ -115,7 +115,7 @@ def test_through_ray_tune_with_a_fake_trainable(ray_session):
         param_space={"variant": tune.grid_search([{"config_id": c} for c in QUALITY]),
                      "fold": tune.grid_search([1, 2, 3])},
         tune_config=tune.TuneConfig(scheduler=scheduler),
-        run_config=tune.RunConfig(verbose=0, storage_path=None),
+        run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path)),
     ).fit()
     epochs = {}
     for r in grid:

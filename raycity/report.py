@@ -1,0 +1,175 @@
+"""`python -m raycity.report results/<name>`: figures and report.md from the saved files alone.
+
+The run calls the same code when it ends, so a report rebuilt later is the one it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from raycity.constants import CLASS_NAMES
+from raycity.data.layout import Sample, read_sample
+from raycity.results import IOU_FULL, IOU_LOW, atomic_write_text, table1_markdown
+
+PANEL_IMAGES = 3  # fixed validation images per panel: the first keys of the fold's val list
+PANEL_WIDTH = 384  # display width of a panel cell
+
+
+def display(array: np.ndarray, width: int = PANEL_WIDTH) -> np.ndarray:
+    """Nearest-neighbour downscale to `width` (labels stay labels, pixels stay exact)."""
+    h, w = array.shape[:2]
+    if w <= width:
+        return array
+    rows = (np.arange(round(h * width / w)) * h / round(h * width / w)).astype(int)
+    cols = (np.arange(width) * w / width).astype(int)
+    return array[rows][:, cols]
+
+
+def panel_samples(run_dir: Path, fold: int) -> list[Sample]:
+    folds = json.loads((run_dir / "folds.json").read_text())
+    root = json.loads((run_dir / "run.json").read_text())["data_root"]
+    keys = next(f["val"] for f in folds["folds"] if f["fold"] == fold)[:PANEL_IMAGES]
+    return [Sample(root, *key.split("/")) for key in keys]
+
+
+def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | None = None):
+    """(panel RGB, boxes, predictions) for a fold's best checkpoint on fixed val images."""
+    from raycity.figures import prediction_panel
+    from raycity.inference import load_model, predict_probs
+
+    device = device or torch.device("cpu")
+    model, cfg = load_model(checkpoint, device)
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
+    rows, preds = [], []
+    for sample in samples:
+        image, truth = read_sample(sample)
+        pred = predict_probs([model], image, cfg.image_size, device=device).argmax(0).cpu()
+        pred = pred.numpy().astype(np.uint8)
+        preds.append(pred)
+        rows.append((display(image.permute(1, 2, 0).numpy()), display(truth.numpy()),
+                     display(pred)))
+    title = (f"Prediction, fold {meta['fold']}, best epoch {meta['epoch']} "
+             f"(val mIoU low {meta['metrics'].get('miou_low', float('nan')):.3f})")
+    panel, boxes = prediction_panel(rows, title, [s.name for s in samples])
+    return panel, boxes, preds
+
+
+def write_figures(run_dir: Path, epochs: pd.DataFrame, prefix: str = "") -> list[str]:
+    from raycity.figures import cv_history, fold_history, save_png
+
+    fig_dir = run_dir / "figures"
+    written = []
+    for fold in sorted(epochs["fold"].unique()):
+        path = fig_dir / f"fold{fold}_history.png"
+        fold_history(epochs, int(fold), path)
+        written.append(path.name)
+        checkpoint = run_dir / "checkpoints" / f"{prefix}fold{fold}.pt"
+        if checkpoint.is_file():
+            panel, _, _ = fold_panel(checkpoint, panel_samples(run_dir, int(fold)))
+            path = fig_dir / f"fold{fold}_prediction.png"
+            save_png(panel, path)
+            written.append(path.name)
+            tensorboard_image(run_dir, f"{prefix or 'cv_'}fold{fold}", panel)
+    if len(epochs):
+        cv_history(epochs, fig_dir / "cv_history.png")
+        written.append("cv_history.png")
+    return written
+
+
+def tensorboard_image(run_dir: Path, name: str, panel: np.ndarray) -> None:
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(run_dir / "tensorboard" / name)) as writer:
+        writer.add_image("prediction", panel, dataformats="HWC")
+
+
+def per_class_table(summary: pd.DataFrame) -> str:
+    ok = summary[summary["status"] == "ok"]
+    lines = ["| class | IoU low-res | IoU full-res |", "|---|---|---|"]
+    for name, low, full in zip(CLASS_NAMES, IOU_LOW, IOU_FULL):
+        if low not in ok:
+            continue
+        cells = [f"{ok[c].mean():.4f} ± {ok[c].std(ddof=0):.4f}" if ok[c].notna().any() else "—"
+                 for c in (low, full)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, figures: bool = True) -> Path:
+    """report.md (and, with `figures`, the figures) from the run's Parquet tables and checkpoints."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "run.json", "epochs.parquet", "summary.parquet"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a raycity run?")
+    config = json.loads((run_dir / "config.json").read_text())
+    run = json.loads((run_dir / "run.json").read_text())
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    summary = pd.read_parquet(run_dir / "summary.parquet")
+    prefix, heading = "", "Cross-validation"
+    if (run_dir / "leaderboard.parquet").is_file():
+        best = pd.read_parquet(run_dir / "leaderboard.parquet").iloc[0]["config_id"]
+        prefix, heading = f"{best}_", f"Sweep, best configuration {best}"
+        epochs = epochs[epochs["config_id"] == best]
+        summary = summary[summary["config_id"] == best]
+    if figures:
+        write_figures(run_dir, epochs, prefix)
+    fig_dir = run_dir / "figures"
+    image_size = tuple(config["image_size"])
+    lines = [f"# {run_dir.name}: {heading} report", "",
+             f"UNet-ResNet50, {config['folds']}-fold cross-validation on the train split of "
+             f"`{run['data_root']}`" + (" (synthetic demo scenes)" if run["synthetic"] else "")
+             + ".", "", "## Results", "", table1_markdown(summary, image_size), ]
+    lines += ["## Folds", "", "| fold | best epoch | epochs | wall time | status |",
+              "|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        wall = f"{r.wall_seconds / 60:.1f} min" if "wall_seconds" in summary and \
+            np.isfinite(r.wall_seconds) else "—"
+        lines.append(f"| {r.fold} | {r.best_epoch} | {r.epochs_done} | {wall} | {r.status} |")
+    lines += ["", "## Per-class IoU (mean ± std over folds, at each fold's best epoch)", "",
+              per_class_table(summary), ""]
+    val = run_dir / "val.parquet"
+    if val.is_file():
+        table = pd.read_parquet(val)
+        lines += [f"## Official {table['split'].iloc[0]} split", "",
+                  "| model | TTA | mIoU (full-res) |", "|---|---|---|"]
+        lines += [f"| {r.model} | {r.tta} | {r.miou_full:.4f} |" for r in table.itertuples()]
+        lines += ["", "Scored like cityscapesScripts: one confusion matrix over the split, at "
+                      "each label's own resolution.", ""]
+    lines += ["## Figures", ""]
+    if (fig_dir / "cv_history.png").is_file():
+        lines += ["![all folds](figures/cv_history.png)", ""]
+    for fold in summary["fold"]:
+        for kind in ("prediction", "history"):
+            if (fig_dir / f"fold{fold}_{kind}.png").is_file():
+                lines += [f"**Fold {fold}, {kind}**", "",
+                          f"![fold {fold} {kind}](figures/fold{fold}_{kind}.png)", ""]
+    lines += ["## Configuration", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(config.items())]
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from raycity.cli import fail, user_errors
+
+    p = argparse.ArgumentParser(prog="python -m raycity.report", description=__doc__)
+    p.add_argument("run", help="a run folder, e.g. results/<name>")
+    args = p.parse_args(argv)
+    try:
+        path = write_report(args.run)
+    except user_errors() as err:
+        return fail(err)
+    print(f"written: {path} and {Path(args.run) / 'figures'}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
