@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,11 +51,17 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     return contextlib.nullcontext()
 
 
-def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    if channels_last and device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
+def _on_device(loader: Iterable[dict], device: torch.device, channels_last: bool,
+               counts: dict[str, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """(images, masks, batch) on `device`; batches emptied by skipped samples are counted only."""
+    for batch in loader:
+        counts["skipped"] += batch["skipped"]
+        if "image" not in batch:
+            continue
+        images = batch["image"].to(device, non_blocking=True)
+        if channels_last and device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, batch["mask"].to(device, non_blocking=True), batch
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer,
@@ -63,13 +69,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.o
                     loss_fn: LossFn = cross_entropy) -> TrainStats:
     model.train()
     start = time.perf_counter()
-    total, images, skipped = 0.0, 0, 0
-    for step, batch in enumerate(loader):
-        skipped += batch["skipped"]
-        if "image" not in batch:
-            continue
-        x = _to_device(batch["image"], device, channels_last)
-        y = batch["mask"].to(device, non_blocking=True)
+    total, images, counts = 0.0, 0, {"skipped": 0}
+    for step, (x, y, _) in enumerate(_on_device(loader, device, channels_last, counts)):
         with autocast(device, amp):
             loss = loss_fn(model(x), y)
         value = loss.item()
@@ -80,7 +81,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.o
         optimizer.step()
         total += value * len(x)
         images += len(x)
-    return TrainStats(total / max(images, 1), images, time.perf_counter() - start, skipped)
+    return TrainStats(total / max(images, 1), images, time.perf_counter() - start,
+                      counts["skipped"])
 
 
 @torch.inference_mode()
@@ -92,13 +94,8 @@ def evaluate(model: nn.Module, loader: Iterable[dict], device: torch.device, *,
     start = time.perf_counter()
     cm_low = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     cm_full = torch.zeros_like(cm_low)
-    total, images, skipped = 0.0, 0, 0
-    for batch in loader:
-        skipped += batch["skipped"]
-        if "image" not in batch:
-            continue
-        x = _to_device(batch["image"], device, channels_last)
-        y = batch["mask"].to(device, non_blocking=True)
+    total, images, counts = 0.0, 0, {"skipped": 0}
+    for x, y, batch in _on_device(loader, device, channels_last, counts):
         with autocast(device, amp):
             logits = model(x)
         total += loss_fn(logits, y).item() * len(x)
@@ -112,4 +109,4 @@ def evaluate(model: nn.Module, loader: Iterable[dict], device: torch.device, *,
                                align_corners=False)
             cm_full += confusion_matrix(up.argmax(1), mask, num_classes)
     return EvalStats(total / max(images, 1), cm_low.cpu(), cm_full.cpu(), images,
-                     time.perf_counter() - start, skipped)
+                     time.perf_counter() - start, counts["skipped"])

@@ -296,6 +296,9 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
 
     `loss_fn` exists for tests (e.g. to inject a non-finite loss); the CLIs never set it.
     """
+    # Tune's own console blocks point at its temp folders; raycity prints one line per epoch
+    # and where the results are. (Setting RAY_AIR_NEW_OUTPUT=1 brings Tune's back.)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     echo = echo or (lambda line: print(line, flush=True))

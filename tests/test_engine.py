@@ -1,0 +1,63 @@
+"""The training engine without Ray: one epoch, one evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raycity.config import preset
+from raycity.constants import IGNORE_INDEX, NUM_CLASSES
+from raycity.engine import NonFiniteLossError, evaluate, train_one_epoch
+from raycity.training import build_model, build_optimizer
+
+CPU = torch.device("cpu")
+
+
+class Constant(torch.nn.Module):
+    """Predicts class `k` everywhere, at whatever size it is given."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], NUM_CLASSES, *x.shape[-2:]) + self.dummy
+        logits[:, self.k] = 1.0
+        return logits
+
+
+def batch(full_size=(16, 32), low_size=(8, 16)):
+    full = torch.randint(0, NUM_CLASSES, (2, *full_size))
+    full[:, 0] = IGNORE_INDEX
+    low = full[:, ::2, ::2].clone()
+    return {"image": torch.zeros(2, 3, *low_size), "mask": low.long(), "full_mask": full,
+            "skipped": 1}
+
+
+def test_evaluate_scores_both_resolutions_in_one_pass():
+    b = batch()
+    stats = evaluate(Constant(3), [b], CPU)
+    assert stats.cm_low[:, 3].sum() == (b["mask"] != IGNORE_INDEX).sum()
+    assert stats.cm_full[:, 3].sum() == (b["full_mask"] != IGNORE_INDEX).sum()  # label's own size
+    assert stats.cm_full.sum() == stats.cm_full[:, 3].sum()
+    assert stats.images == 2 and stats.skipped == 1
+
+
+def test_non_finite_loss_is_caught():
+    model = build_model(preset("smoke"), CPU)
+    with pytest.raises(NonFiniteLossError, match="nan at batch 1"):
+        train_one_epoch(model, [batch()], build_optimizer(preset("smoke"), model), CPU,
+                        loss_fn=lambda logits, y: logits.sum() * float("nan"))
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = preset("smoke")
+    model = build_model(cfg, CPU)
+    optimizer = build_optimizer(cfg, model)
+    b = batch(low_size=(32, 64))
+    b["mask"] = torch.randint(0, 3, (2, 32, 64))
+    b["image"] = torch.randn(2, 3, 32, 64)
+    losses = [train_one_epoch(model, [b], optimizer, CPU).loss for _ in range(4)]
+    assert losses[-1] < losses[0]
