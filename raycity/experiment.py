@@ -6,6 +6,7 @@ Shared by `raycity.cv` (one variant) and `raycity.sweep` (many). Ray stays here 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -226,15 +227,17 @@ def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
     atomic_write_parquet(summary, run_dir / "summary.parquet")
     if state.kind == "cv":
         atomic_write_text(run_dir / "summary.md", table1_markdown(
-            summary, state.config.image_size, full_label_size(state)))
+            summary, state.config.image_size, full_label_size(state.data_root)))
     return summary
 
 
-def full_label_size(state: RunState) -> tuple[int, int] | None:
+@functools.lru_cache(maxsize=8)
+def full_label_size(data_root: str) -> tuple[int, int] | None:
+    """(height, width) of the labels, for Table 1's caption; read once per data root."""
     try:
         from PIL import Image
 
-        first = find_samples(state.data_root, "train")[0]
+        first = find_samples(data_root, "train")[0]
         with Image.open(first.label_path) as im:
             return im.height, im.width
     except Exception:  # only a caption; never fail a run over it
@@ -277,15 +280,44 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                        f"with `ray start --head` or omit --address") from err
 
 
-def default_cpus_per_trial(trials: int) -> float:
-    """A fair share of the cluster's CPUs: all trials run at once when there are more trials than
-    CPUs (fractional shares, one torch thread each), otherwise whole CPUs, at most 8."""
+GIB = 2**30
+
+
+def trial_memory_bytes(cfg: Config, on_gpu: bool) -> int:
+    """Host memory one trial needs, requested from Ray so that it never starts more trials than
+    fit: weights, gradients, Adam state and a checkpoint being serialised (≈ 3 GiB for the
+    147 M-parameter model), plus, when training on the CPU, the activations (4.86 GiB measured
+    at 512×1024, batch 2, by benchmarks/memory.py), scaled by pixels × batch."""
+    need = 3 * GIB
+    if not on_gpu:
+        h, w = cfg.image_size
+        need += int(4.86 * GIB * h * w * cfg.batch_size / (512 * 1024 * 2))
+    return need
+
+
+def default_cpus_per_trial(trials: int, memory_per_trial: int) -> float:
+    """A fair share of the CPUs among the trials that fit in memory together: fractional shares
+    (one torch thread each) when those outnumber the CPUs, else whole CPUs, at most 8."""
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 1)
-    if trials > cpus:
-        return math.floor(1000 * cpus / trials) / 1000  # rounding up would leave one trial out
-    return float(max(1, min(8, int(cpus // trials))))
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 1)
+    parallel = min(trials, max(1, int(resources.get("memory", 0) // memory_per_trial)))
+    if parallel > cpus:
+        return math.floor(1000 * cpus / parallel) / 1000  # rounding up would leave one out
+    return float(max(1, min(8, int(cpus // parallel))))
+
+
+def check_fits(memory_per_trial: int) -> None:
+    """A trial that no node can hold would wait forever; say so instead."""
+    import ray
+
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")),
+                  default=0)
+    if largest < memory_per_trial:
+        raise RunError(f"one trial needs about {memory_per_trial / GIB:.1f} GiB of host memory "
+                       f"and the largest Ray node offers {largest / GIB:.1f} GiB; lower "
+                       f"--batch-size or --image-size, or train on a GPU")
 
 
 def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant], *,
@@ -299,6 +331,9 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
     # Tune's own console blocks point at its temp folders; raycity prints one line per epoch
     # and where the results are. (Setting RAY_AIR_NEW_OUTPUT=1 brings Tune's back.)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every epoch is the point; Tune's warnings about it are noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
     from ray import tune
 
     echo = echo or (lambda line: print(line, flush=True))
@@ -333,11 +368,13 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
             atomic_write_text(run_dir / "config.json", config_json(cfg))
             atomic_write_text(run_dir / "run.json", state.to_json())
         n_trials = len(state.variants) * len(folds)
-        cpus = opts.cpus_per_trial or default_cpus_per_trial(n_trials)
+        memory = trial_memory_bytes(cfg, on_gpu=opts.gpus_per_trial > 0)
+        check_fits(memory)
+        cpus = opts.cpus_per_trial or default_cpus_per_trial(n_trials, memory)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable(), cfg=cfg, folds={f.fold: f for f in folds},
                                  data_root=state.data_root, loss_fn=loss_fn),
-            {"cpu": cpus, "gpu": opts.gpus_per_trial})
+            {"cpu": cpus, "gpu": opts.gpus_per_trial, "memory": memory})
         t0 = time.time()
         if opts.resume and tune.Tuner.can_restore(state.experiment_path):
             tuner = tune.Tuner.restore(state.experiment_path, trainable,

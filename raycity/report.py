@@ -15,6 +15,7 @@ import torch
 
 from raycity.constants import CLASS_NAMES
 from raycity.data.layout import Sample, read_sample
+from raycity.experiment import full_label_size
 from raycity.results import IOU_FULL, IOU_LOW, atomic_write_text, table1_markdown
 
 PANEL_IMAGES = 3  # fixed validation images per panel: the first keys of the fold's val list
@@ -120,11 +121,11 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     if figures:
         write_figures(run_dir, epochs, prefix)
     fig_dir = run_dir / "figures"
-    image_size = tuple(config["image_size"])
+    sizes = tuple(config["image_size"]), full_label_size(run["data_root"])
     lines = [f"# {run_dir.name}: {heading} report", "",
              f"UNet-ResNet50, {config['folds']}-fold cross-validation on the train split of "
              f"`{run['data_root']}`" + (" (synthetic demo scenes)" if run["synthetic"] else "")
-             + ".", "", "## Results", "", table1_markdown(summary, image_size), ]
+             + ".", "", "## Results", "", table1_markdown(summary, *sizes)]
     lines += ["## Folds", "", "| fold | best epoch | epochs | wall time | status |",
               "|---|---|---|---|---|"]
     for r in summary.itertuples():

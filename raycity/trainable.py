@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,21 +16,6 @@ from raycity.engine import LossFn, cross_entropy
 from raycity.folds import FoldSplit
 from raycity.training import run_fold
 
-STAGING_PREFIX = "raycity-ckpt-"
-
-
-def staging_dir(trial_id: str, needed_bytes: int = 4 << 30) -> str | None:
-    """RAM-backed /dev/shm when it has room: the checkpoint is written once to memory and once
-    (by Ray) to storage, instead of twice to disk. A trial restarted after its worker was killed
-    first removes what the killed one left there."""
-    shm = Path("/dev/shm")
-    try:
-        for stale in shm.glob(f"{STAGING_PREFIX}{trial_id}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        return str(shm) if shutil.disk_usage(shm).free > needed_bytes else None
-    except OSError:
-        return None
-
 
 def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSplit],
                data_root: str, loss_fn: LossFn = cross_entropy) -> None:
@@ -45,8 +29,6 @@ def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSpli
     torch.set_num_threads(threads)
 
     node_id = ray.get_runtime_context().get_node_id()
-    trial_id = tune.get_context().get_trial_id()
-    staging = staging_dir(trial_id)
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -54,8 +36,7 @@ def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSpli
             resume = load_checkpoint(Path(directory) / FILENAME)
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{trial_id}-",
-                                         dir=staging) as directory:
+        with tempfile.TemporaryDirectory(prefix="raycity-ckpt-") as directory:
             save_checkpoint(Path(directory) / FILENAME, state)
             tune.report({**metrics, "config_id": variant["config_id"], "node_id": node_id},
                         checkpoint=tune.Checkpoint.from_directory(directory))

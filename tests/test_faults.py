@@ -189,3 +189,20 @@ def test_unreachable_cluster_is_one_clear_error(tmp_path):
     assert "--address 127.0.0.1:1: cannot connect to a Ray cluster" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_trials_never_outnumber_the_memory(ray_session):
+    """Nine smoke trials on 2 CPUs: no more start together than Ray's memory holds (the CPU share
+    is spread over those), and a trial no node can hold is refused up front."""
+    import ray
+
+    from raycity.experiment import RunError, check_fits, default_cpus_per_trial, trial_memory_bytes
+
+    per_trial = trial_memory_bytes(preset("smoke"), on_gpu=False)
+    fit = min(9, int(ray.cluster_resources()["memory"] // per_trial))
+    share = default_cpus_per_trial(9, per_trial)
+    assert share * fit <= ray.cluster_resources()["CPU"] + 1e-9
+    assert share >= ray.cluster_resources()["CPU"] / fit - 0.001
+    assert trial_memory_bytes(preset("seed"), on_gpu=False) > per_trial  # activations on CPU
+    with pytest.raises(RunError, match="GiB of host memory"):
+        check_fits(int(2 * ray.cluster_resources()["memory"]))
