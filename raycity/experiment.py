@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from raycity.checkpoint import load_checkpoint, save_checkpoint
-from raycity.config import Config, ConfigError, RunOptions, config_json
+from raycity.config import Config, RunOptions, config_json
 from raycity.data import find_samples, synthetic_root
 from raycity.engine import LossFn, cross_entropy
 from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
@@ -467,5 +467,3 @@ def banner(root: str) -> str:
 
 
 
-
-__all__ = ["ConfigError", "RunError", "Variant", "run_experiment"]
