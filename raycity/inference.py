@@ -59,7 +59,12 @@ class TTA:
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
     """A fold checkpoint → the model in eval mode and the Config it was trained with."""
-    state = load_checkpoint(path)
+    return model_from_state(load_checkpoint(path), path, device)
+
+
+def model_from_state(state: dict, path: str | Path,
+                     device: torch.device) -> tuple[torch.nn.Module, Config]:
+    """The model of an already loaded checkpoint (whose metadata the caller may also need)."""
     cfg = Config.from_dict(state["meta"]["config"])
     model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained="none")
     try:

@@ -41,12 +41,14 @@ def panel_samples(run_dir: Path, fold: int) -> list[Sample]:
 
 def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | None = None):
     """(panel RGB, boxes, predictions) for a fold's best checkpoint on fixed val images."""
+    from raycity.checkpoint import load_checkpoint
     from raycity.figures import prediction_panel
-    from raycity.inference import load_model, predict_probs
+    from raycity.inference import model_from_state, predict_probs
 
     device = device or torch.device("cpu")
-    model, cfg = load_model(checkpoint, device)
-    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
+    state = load_checkpoint(checkpoint)  # read once: weights and the metadata for the title
+    model, cfg = model_from_state(state, checkpoint, device)
+    meta = state["meta"]
     rows, preds = [], []
     for sample in samples:
         image, truth = read_sample(sample)
