@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
 from raycity.config import RunOptions, preset  # noqa: E402
-from raycity.experiment import Variant, run_experiment  # noqa: E402
+from raycity.tune.experiment import Variant, run_experiment  # noqa: E402
 
 
 def main() -> None:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from raycity.constants import NUM_CLASSES
+from raycity.errors import UserError
 
 ARCH = "UNetResNet50"
 FILENAME = "checkpoint.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, or of another model."""
 
 
@@ -34,13 +35,18 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with `weights_only=True` and check it is one of ours before anyone uses it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / FILENAME
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+def load_checkpoint(path: str | Path | BinaryIO,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with `weights_only=True` and check it is one of ours before anyone uses it.
+
+    `path` may also be an open binary stream (e.g. from a pyarrow filesystem).
+    """
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILENAME
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from raycity.config import PRESETS, Config, ConfigError, RunOptions, preset
+from raycity.errors import UserError
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -67,12 +71,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                      help="continue an interrupted run, e.g. results/demo-20261124-101500")
     run.add_argument("--overwrite", action="store_true", help="replace a run of the same name")
     run.add_argument("--gpus-per-trial", type=float, default=None,
-                     help="GPUs per fold (default: 1 when CUDA is visible, else 0; 0.5 packs two)")
+                     help="GPUs per fold: 0, 1, or a fraction that packs folds on a GPU "
+                          "(default: 1 when the Ray cluster has GPUs, else 0)")
     run.add_argument("--cpus-per-trial", type=float, default=None,
-                     help="CPUs per fold; also its torch threads (default: CPUs / trials, ≤ 8)")
+                     help="CPUs per fold: its torch threads on CPU, its loader workers + 1 on "
+                          "CUDA (default: a share of the CPUs among the folds that can run at "
+                          "once)")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
     run.add_argument("--max-failures", type=int, default=2,
                      help="restarts of a crashed fold from its last checkpoint (default: 2)")
+    run.add_argument("--ray-logs", action="store_true",
+                     help="show Ray's own log lines on the console (they always go to "
+                          "results/<name>/ray.log)")
     run.add_argument("--keep-trial-checkpoints", action="store_true",
                      help="keep Tune's per-epoch checkpoints after a run that finished cleanly "
                           "(default: only each fold's best model is kept, in checkpoints/)")
@@ -105,39 +115,59 @@ def build_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any], str]
     return preset(name, **explicit), explicit, name
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """The folder, or the nearest part of it that exists, must take new files: tried with a real
+    file, since permission bits say nothing for root or on a read-only mount."""
+    existing = path.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot write in {existing} ({err.strerror}); choose "
+                          f"another folder") from err
+
+
 def build_options(args: argparse.Namespace, preset_name: str) -> RunOptions:
     if args.resume:
         run_dir = Path(args.resume)
         name, output = run_dir.name, str(run_dir.parent)
+        check_writable(run_dir, "--resume")
     else:
         name = args.name or f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not NAME.match(name) or ".." in name:
+            raise ConfigError(f"--name {name!r}: expected a plain folder name (letters, digits, "
+                              f"'.', '_', '+', '-'; no path separators or '..'); runs go inside "
+                              f"--output")
         output = args.output
-    if args.gpus_per_trial is None:
-        import torch
-
-        gpus = 1.0 if torch.cuda.is_available() else 0.0
-    else:
-        gpus = args.gpus_per_trial
-    if gpus < 0 or (args.cpus_per_trial is not None and args.cpus_per_trial <= 0):
-        raise ConfigError("--gpus-per-trial must be ≥ 0 and --cpus-per-trial > 0")
+        check_writable(Path(output), "--output")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures {args.max_failures}: expected a number ≥ 0 (restarts "
+                          f"of a crashed fold; Ray would retry a negative number forever)")
+    gpus = args.gpus_per_trial
+    if gpus is not None and not (0 <= gpus <= 1):
+        raise ConfigError(f"--gpus-per-trial {gpus:g}: expected 0 (CPU), 1 (a whole GPU per fold) "
+                          f"or a fraction to pack folds on one GPU (0.5, 0.33); one fold trains "
+                          f"on one device")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial {args.cpus_per_trial:g}: expected a number > 0")
     return RunOptions(name=name, output=output, address=args.address,
-                      storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial or 0,
+                      storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial,
                       gpus_per_trial=gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
                       dashboard_host=args.dashboard_host, max_failures=args.max_failures,
-                      keep_trial_checkpoints=args.keep_trial_checkpoints,
+                      keep_trial_checkpoints=args.keep_trial_checkpoints, ray_logs=args.ray_logs,
                       resume=bool(args.resume), overwrite=args.overwrite)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one line, never as a traceback."""
-    from raycity.checkpoint import CheckpointError
-    from raycity.data import DataError
-    from raycity.experiment import RunError
-    from raycity.folds import FoldsError
-    from raycity.model import PretrainedWeightsError
-
-    return (ConfigError, DataError, FoldsError, RunError, PretrainedWeightsError,
-            CheckpointError, FileNotFoundError)
+    return (UserError, FileNotFoundError)
 
 
 def fail(message: object) -> int:
@@ -145,8 +175,16 @@ def fail(message: object) -> int:
     return 2
 
 
-def interrupted(opts: RunOptions | None) -> int:
-    if opts is not None:
-        print(f"\ninterrupted; the tables in {opts.run_dir} are consistent up to the last "
-              f"epoch.\ncontinue with: --resume {opts.run_dir}", file=sys.stderr)
-    return 130
+def interrupted(opts: RunOptions | None, signum: int = signal.SIGINT,
+                command: str = "python -m raycity.cv") -> int:
+    """One line (two with the command) for a stopped run, and the shell's exit code for it."""
+    name = signal.Signals(signum).name
+    run_dir = Path(opts.run_dir) if opts is not None else None
+    if run_dir is not None and (run_dir / "run.json").is_file():
+        print(f"\ninterrupted ({name}); the tables in {run_dir} are consistent up to the last "
+              f"epoch.\ncontinue with: {command} --resume {run_dir}",
+              file=sys.stderr)
+    else:
+        print(f"\ninterrupted ({name}) before the run started; nothing was written",
+              file=sys.stderr)
+    return 128 + signum

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from raycity.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value or flag that cannot be used; the message names the key."""
 
 
@@ -87,8 +90,10 @@ def validate(cfg: Config) -> None:
          "synthetic_size", "two integers ≥ 32")
     need(cfg.epochs >= 1, "epochs", "an integer ≥ 1")
     need(cfg.batch_size >= 1, "batch_size", "an integer ≥ 1")
-    need(cfg.lr > 0, "lr", "a positive number")
-    need(cfg.weight_decay >= 0, "weight_decay", "a number ≥ 0")
+    need(math.isfinite(cfg.lr) and 0 < cfg.lr <= 1, "lr",
+         "a finite learning rate in (0, 1] (Adam diverges above 1; the seed uses 1e-4)")
+    need(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay",
+         "a finite number ≥ 0")
     need(0.0 <= cfg.dropout < 1.0, "dropout", "a probability in [0, 1)")
     need(0.0 <= cfg.scale_jitter < 1.0, "scale_jitter", "a fraction in [0, 1)")
     need(cfg.color_jitter >= 0, "color_jitter", "a number ≥ 0")
@@ -131,11 +136,12 @@ class RunOptions:
     output: str = "results"
     address: str | None = None  # None: start a local Ray; auto | HOST:PORT | ray://HOST:PORT
     storage_path: str | None = None  # shared/remote experiment storage (NFS, s3://, gs://)
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    cpus_per_trial: float | None = None  # None: a share from how many trials run at once
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     num_cpus: int | None = None  # for a local Ray only
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
+    ray_logs: bool = False  # Ray's own log lines on the console too (always in <run>/ray.log)
     max_failures: int = 2
     keep_trial_checkpoints: bool = False
     resume: bool = False

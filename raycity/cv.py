@@ -16,6 +16,7 @@ from raycity.cli import (
     interrupted,
     user_errors,
 )
+from raycity.tune.driver import Interrupted
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, explicit, preset_name = build_config(args)
         opts = build_options(args, preset_name)
-        from raycity.experiment import Variant, run_experiment
+        from raycity.tune.experiment import Variant, run_experiment
 
         run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], explicit=explicit)
         if summary is None:
@@ -43,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         write_report(run_dir)
     except user_errors() as err:
         return fail(err)
-    except KeyboardInterrupt:
-        return interrupted(opts)
+    except Interrupted as stopped:
+        return interrupted(opts, stopped.signum, "python -m raycity.cv")
+    except KeyboardInterrupt:  # before the run's own signal handling was in place
+        return interrupted(opts, command="python -m raycity.cv")
     print()
     print((run_dir / "summary.md").read_text())
     print(f"results: {run_dir}\n  pandas: pd.read_parquet('{run_dir}/epochs.parquet')\n"

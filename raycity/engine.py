@@ -13,13 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from raycity.constants import IGNORE_INDEX, NUM_CLASSES
+from raycity.errors import UserError
 from raycity.metrics import confusion_matrix
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; continuing would only waste the GPU."""
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; continuing would only waste the GPU, and a
+    retry from the last checkpoint diverges again (lr too high, bad labels)."""
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,6 +53,22 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     return contextlib.nullcontext()
 
 
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    if channels_last and device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def forward_logits(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                   device: torch.device, *, amp: bool = True) -> torch.Tensor:
+    """Logits in fp32 for scoring: the network runs in bf16 autocast on CUDA, its classifier in
+    fp32 (see `model.Head`), and `.float()` covers models that do not. Validation, evaluation
+    and prediction all call this, so they argmax and upsample the same numbers."""
+    with autocast(device, amp):
+        return model(images).float()
+
+
 def _on_device(loader: Iterable[dict], device: torch.device, channels_last: bool,
                counts: dict[str, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     """(images, masks, batch) on `device`; batches emptied by skipped samples are counted only."""
@@ -58,10 +76,8 @@ def _on_device(loader: Iterable[dict], device: torch.device, channels_last: bool
         counts["skipped"] += batch["skipped"]
         if "image" not in batch:
             continue
-        images = batch["image"].to(device, non_blocking=True)
-        if channels_last and device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        yield images, batch["mask"].to(device, non_blocking=True), batch
+        yield (to_device(batch["image"], device, channels_last),
+               batch["mask"].to(device, non_blocking=True), batch)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer,
@@ -85,6 +101,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.o
                       counts["skipped"])
 
 
+def upsample(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """One image's C×h×w logits → C×H×W at the label's own size (full-resolution scoring)."""
+    return F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear",
+                         align_corners=False)[0]
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable[dict], device: torch.device, *,
              num_classes: int = NUM_CLASSES, amp: bool = True, channels_last: bool = False,
@@ -96,8 +118,7 @@ def evaluate(model: nn.Module, loader: Iterable[dict], device: torch.device, *,
     cm_full = torch.zeros_like(cm_low)
     total, images, counts = 0.0, 0, {"skipped": 0}
     for x, y, batch in _on_device(loader, device, channels_last, counts):
-        with autocast(device, amp):
-            logits = model(x)
+        logits = forward_logits(model, x, device, amp=amp)
         total += loss_fn(logits, y).item() * len(x)
         images += len(x)
         cm_low += confusion_matrix(logits.argmax(1), y, num_classes)
@@ -105,8 +126,7 @@ def evaluate(model: nn.Module, loader: Iterable[dict], device: torch.device, *,
         full = [full[i] for i in range(len(full))] if isinstance(full, torch.Tensor) else full
         for logit, mask in zip(logits, full):
             mask = mask.to(device, non_blocking=True)
-            up = F.interpolate(logit[None].float(), size=mask.shape[-2:], mode="bilinear",
-                               align_corners=False)
-            cm_full += confusion_matrix(up.argmax(1), mask, num_classes)
+            cm_full += confusion_matrix(upsample(logit, mask.shape[-2:]).argmax(0), mask,
+                                        num_classes)
     return EvalStats(total / max(images, 1), cm_low.cpu(), cm_full.cpu(), images,
                      time.perf_counter() - start, counts["skipped"])

@@ -1,10 +1,15 @@
 """`python -m raycity.evaluate`: each fold's best model and the fold ensemble on the official
-split (val by default), scored as cityscapesScripts scores it; written to val.parquet."""
+split (val by default), scored as cityscapesScripts scores it; written to val.parquet.
+
+`--split folds` scores each fold's best model on that fold's own validation images instead: the
+numbers of Table 1, recomputed from the exported checkpoints by the evaluation code path.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -12,11 +17,17 @@ import torch
 from tqdm import tqdm
 
 from raycity.cli import fail, user_errors
+from raycity.config import Config
 from raycity.constants import CLASS_KEYS, NUM_CLASSES
-from raycity.data import find_samples, read_sample
-from raycity.inference import TTA, load_model, predict_probs
+from raycity.data import find_samples
+from raycity.data.layout import Sample
+from raycity.data.synthetic import dataset_root
+from raycity.data.transforms import resize_mask
+from raycity.inference import TTA, load_model, predict_batch, readable_batches
 from raycity.metrics import confusion_matrix, iou_per_class, mean_iou
 from raycity.results import atomic_write_parquet
+
+FOLDS = "folds"  # the pseudo-split: each fold's own validation images
 
 
 def run_checkpoints(run_dir: Path) -> dict[str, Path]:
@@ -33,42 +44,99 @@ def run_checkpoints(run_dir: Path) -> dict[str, Path]:
 
 
 def run_data_root(run_dir: Path, data_root: str | None) -> str:
+    """The data a run trained on: `--data-root`, else the run's own (its synthetic scenes are
+    generated again if this machine lacks them)."""
     if data_root:
         return data_root
     run = run_dir / "run.json"
     if not run.is_file():
         raise FileNotFoundError(f"{run}: missing; pass --data-root")
+    if json.loads(run.read_text()).get("synthetic"):
+        config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+        return dataset_root(config)[0]
     return json.loads(run.read_text())["data_root"]
 
 
+def score_rows(cms: dict[tuple[str, str], dict[str, torch.Tensor]], split: str, images: int,
+               skipped: int) -> pd.DataFrame:
+    rows = []
+    for (name, tta_name), by_res in cms.items():
+        row = {"model": name, "tta": tta_name, "split": split, "images": images,
+               "skipped": skipped}
+        for res, cm in by_res.items():
+            row[f"miou_{res}"] = mean_iou(cm)
+            row.update({f"iou_{res}_{k}": float(v) for k, v in zip(CLASS_KEYS, iou_per_class(cm))})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _zeros() -> torch.Tensor:
+    return torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+
+
 def evaluate_models(checkpoints: dict[str, Path], data_root: str, split: str, ttas: list[TTA],
-                    ensemble: bool, device: torch.device | None = None,
-                    progress: bool = True) -> pd.DataFrame:
+                    ensemble: bool, device: torch.device | None = None, progress: bool = True,
+                    samples: Sequence[Sample] | None = None) -> pd.DataFrame:
     """One pass over the split; per model, per TTA, and the ensemble's mean softmax."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = {name: load_model(path, device) for name, path in checkpoints.items()}
-    image_size = next(iter(loaded.values()))[1].image_size
+    cfg = next(iter(loaded.values()))[1]
     names = list(loaded) + (["ensemble"] if ensemble else [])
-    cms = {(n, t.name): torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64) for n in names
-           for t in ttas}
-    samples = find_samples(data_root, split)
-    for sample in tqdm(samples, desc=f"evaluate {split}", unit="img", disable=not progress):
-        image, truth = read_sample(sample)
+    cms = {(n, t.name): {"full": _zeros()} for n in names for t in ttas}
+    samples = list(samples) if samples is not None else find_samples(data_root, split)
+    images = skipped = 0
+    bar = tqdm(total=len(samples), desc=f"evaluate {split}", unit="img", disable=not progress)
+    for kept, pairs, bad in readable_batches(samples, cfg.batch_size, cfg.skip_bad_samples):
+        skipped += bad
+        images += len(kept)
+        bar.update(len(kept) + bad)
+        if not kept:
+            continue
+        truths = [truth for _, truth in pairs]
         for tta in ttas:
-            total = None
+            totals = None
             for name, (model, _) in loaded.items():
-                probs = predict_probs([model], image, image_size, tta, device)
-                cms[(name, tta.name)] += confusion_matrix(probs.argmax(0).cpu(), truth)
-                total = probs if total is None else total + probs
+                preds = predict_batch([model], [image for image, _ in pairs], cfg, tta, device)
+                for pred, truth in zip(preds, truths):
+                    cms[(name, tta.name)]["full"] += confusion_matrix(pred.full.argmax(0).cpu(),
+                                                                      truth)
+                totals = [p.full for p in preds] if totals is None else \
+                    [t + p.full for t, p in zip(totals, preds)]
             if ensemble:
-                cms[("ensemble", tta.name)] += confusion_matrix(total.argmax(0).cpu(), truth)
-    rows = []
-    for (name, tta_name), cm in cms.items():
-        row = {"model": name, "tta": tta_name, "split": split, "images": len(samples),
-               "miou_full": mean_iou(cm)}
-        row.update({f"iou_full_{k}": float(v) for k, v in zip(CLASS_KEYS, iou_per_class(cm))})
-        rows.append(row)
-    return pd.DataFrame(rows)
+                for total, truth in zip(totals, truths):
+                    cms[("ensemble", tta.name)]["full"] += confusion_matrix(
+                        total.argmax(0).cpu(), truth)
+    bar.close()
+    return score_rows(cms, split, images, skipped)
+
+
+def evaluate_folds(run_dir: Path, data_root: str, device: torch.device | None = None,
+                   progress: bool = True) -> pd.DataFrame:
+    """Each fold's best model on its own validation images, at both resolutions, batched as
+    validation batches them: equal to that fold's row of summary.parquet."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    folds = {f["fold"]: f["val"] for f in json.loads((run_dir / "folds.json").read_text())["folds"]}
+    tables = []
+    for name, path in run_checkpoints(run_dir).items():
+        model, cfg = load_model(path, device)
+        samples = [Sample(data_root, *key.split("/")) for key in folds[int(name[4:])]]
+        cms = {"low": _zeros(), "full": _zeros()}
+        images = skipped = 0
+        for kept, pairs, bad in tqdm(readable_batches(samples, cfg.batch_size,
+                                                      cfg.skip_bad_samples),
+                                     desc=f"evaluate {name}", disable=not progress):
+            skipped += bad
+            images += len(kept)
+            if not kept:
+                continue
+            preds = predict_batch([model], [image for image, _ in pairs], cfg, device=device,
+                                  low_res=True)
+            for pred, (_, truth) in zip(preds, pairs):
+                cms["full"] += confusion_matrix(pred.full.argmax(0).cpu(), truth)
+                cms["low"] += confusion_matrix(pred.low.argmax(0).cpu(),
+                                               resize_mask(truth, cfg.image_size))
+        tables.append(score_rows({(name, TTA().name): cms}, FOLDS, images, skipped))
+    return pd.concat(tables, ignore_index=True)
 
 
 def merge_val_table(path: Path, new: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raycity.evaluate", description=__doc__)
     p.add_argument("--run", required=True, help="a finished run, e.g. results/<name>")
     p.add_argument("--data-root", help="Cityscapes folder (default: the run's)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val",
+                   help="val (default), another official split, or 'folds': each fold's model "
+                        "on its own validation images (Table 1 recomputed)")
     p.add_argument("--ensemble", action="store_true", help="also the folds' mean softmax")
     p.add_argument("--tta", default="none",
                    help="test-time augmentation, e.g. flip or flip,0.75,1.0,1.25 (scales of "
@@ -92,9 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir = Path(args.run)
         tta = TTA.parse(args.tta)
-        ttas = [TTA()] + ([tta] if tta != TTA() else [])
-        table = evaluate_models(run_checkpoints(run_dir), run_data_root(run_dir, args.data_root),
-                                args.split, ttas, args.ensemble)
+        data_root = run_data_root(run_dir, args.data_root)
+        if args.split == FOLDS:
+            if args.ensemble or tta != TTA():
+                raise ValueError("--split folds scores each fold's model without TTA, as "
+                                 "Table 1 does; drop --ensemble and --tta")
+            table = evaluate_folds(run_dir, data_root)
+        else:
+            ttas = [TTA()] + ([tta] if tta != TTA() else [])
+            table = evaluate_models(run_checkpoints(run_dir), data_root, args.split, ttas,
+                                    args.ensemble)
         out = run_dir / "val.parquet"
         atomic_write_parquet(merge_val_table(out, table), out)
         from raycity.report import write_report
@@ -102,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         write_report(run_dir, figures=False)
     except (ValueError, *user_errors()) as err:
         return fail(err)
-    print(table[["model", "tta", "miou_full"]].to_string(index=False))
+    columns = ["model", "tta", *(c for c in ("miou_low", "miou_full") if c in table)]
+    print(table[columns].to_string(index=False))
+    if table["skipped"].sum():
+        print(f"skipped {int(table['skipped'].max())} unreadable sample(s) (--skip-bad-samples)")
     print(f"written: {out} (and {run_dir / 'report.md'})")
     return 0
 

@@ -143,3 +143,42 @@ def cv_history(epochs: pd.DataFrame, path: str | Path, title: str = "") -> None:
     fig.suptitle(f"Cross-validation: all folds{title}", weight="bold")
     fig.tight_layout()
     save_png(_render(fig), path)
+
+
+def sweep_figure(board: pd.DataFrame, told: list[dict], hparams: list[str],
+                 log_scaled: list[str], metric: str, path: str | Path) -> None:
+    """The search as a picture: each configuration's fold mean ± std against each tuned value
+    (log axis where it was sampled on one), and the best fold mean so far against the number of
+    configurations finished — what a searcher that learns should push up early."""
+    ok = board[board[f"{metric}_mean"].notna()]
+    fig, axes = plt.subplots(1, len(hparams) + 1, figsize=(4.3 * (len(hparams) + 1), 3.8),
+                             squeeze=False)
+    axes = axes[0]
+    for ax, name in zip(axes, hparams):
+        column = f"hp_{name}"
+        ax.errorbar(ok[column], ok[f"{metric}_mean"], yerr=ok[f"{metric}_std"], fmt="o",
+                    capsize=3, alpha=0.75, label="configuration (fold mean ± std)")
+        if len(ok):
+            best = ok.iloc[0]
+            ax.plot(best[column], best[f"{metric}_mean"], "*", color="tab:red", ms=15,
+                    label=f"best ({best['config_id']})")
+        ax.set(xlabel=name + (" (log scale)" if name in log_scaled else ""),
+               ylabel=f"{metric}, mean over folds", xscale="log" if name in log_scaled else "linear")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    finished = [t.get("mean", np.nan) if not t.get("error") else np.nan for t in told] if told \
+        else list(board.sort_values("config_id")[f"{metric}_mean"])
+    ax = axes[-1]
+    if finished:
+        steps = np.arange(1, len(finished) + 1)
+        ax.plot(steps, finished, "o", alpha=0.5, label="fold mean of each")
+        ax.step(steps, pd.Series(finished).cummax(), where="post", color="tab:red", lw=2,
+                label="best so far")
+    ax.set(xlabel="configurations finished", ylabel=f"{metric}, mean over folds",
+           title="Search progress")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Sweep: {len(ok)} configurations judged on all folds", weight="bold")
+    fig.tight_layout()
+    save_png(_render(fig), path)

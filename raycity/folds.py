@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from raycity.errors import UserError
 from raycity.results import atomic_write_text
 
 
-class FoldsError(ValueError):
+class FoldsError(UserError, ValueError):
     """A split that cannot be made, or a folds.json that does not match the data."""
 
 

@@ -1,23 +1,24 @@
 """Full-resolution prediction: one model or a fold ensemble, with flip and multi-scale TTA.
 
 Shared by the prediction panels, `raycity.predict` and `raycity.evaluate`, so all three score
-exactly the same probabilities.
+exactly the same probabilities — and the same as the epoch-end validation, whose preprocessing,
+batching and logit precision they share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from raycity.checkpoint import CheckpointError, load_checkpoint
 from raycity.config import Config
 from raycity.constants import NUM_CLASSES
-from raycity.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from raycity.data.layout import DataError, Sample, read_sample
+from raycity.data.transforms import preprocess
+from raycity.engine import forward_logits, to_device, upsample
 from raycity.model import UNetResNet50
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -64,7 +65,8 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
 
 def model_from_state(state: dict, path: str | Path,
                      device: torch.device) -> tuple[torch.nn.Module, Config]:
-    """The model of an already loaded checkpoint (whose metadata the caller may also need)."""
+    """The model of an already loaded checkpoint (whose metadata the caller may also need),
+    laid out on `device` as training laid it out (channels-last on CUDA)."""
     cfg = Config.from_dict(state["meta"]["config"])
     model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained="none")
     try:
@@ -72,33 +74,73 @@ def model_from_state(state: dict, path: str | Path,
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit UNetResNet50 "
                               f"({str(err).splitlines()[0]})") from err
-    return model.to(device).eval(), cfg
+    model = model.to(device).eval()
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, cfg
 
 
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 3×H×W → normalised float, as in training."""
-    return TF.normalize(image.float() / 255, IMAGENET_MEAN, IMAGENET_STD)
+@dataclass
+class Prediction:
+    """Class probabilities of one image: at its own resolution (full-res scoring, exports) and,
+    when asked for, at the training size (low-res scoring)."""
+
+    full: torch.Tensor  # C×H×W
+    low: torch.Tensor | None = None  # C×h×w at cfg.image_size
 
 
 @torch.inference_mode()
-def predict_probs(models: Sequence[Model], image: torch.Tensor, image_size: tuple[int, int],
-                  tta: TTA = TTA(), device: torch.device | None = None) -> torch.Tensor:
-    """Mean softmax over models × scales × flips, at the image's own resolution (C×H×W)."""
+def predict_batch(models: Sequence[Model], images: Sequence[torch.Tensor], cfg: Config,
+                  tta: TTA = TTA(), device: torch.device | None = None,
+                  low_res: bool = False) -> list[Prediction]:
+    """Mean softmax over models × scales × flips, for a batch of uint8 images.
+
+    Images are batched as validation batches them, preprocessed by `preprocess` and run through
+    `forward_logits` (fp32 logits under the training's autocast), so that a checkpoint scores the
+    same here as in its epoch-end validation.
+    """
     device = device or torch.device("cpu")
-    full = image.shape[-2:]
-    x = normalize(image.to(device))[None]
-    total = torch.zeros(NUM_CLASSES, *full, device=device)
-    n = 0
+    full = [torch.zeros(NUM_CLASSES, *image.shape[-2:], device=device) for image in images]
+    low = [torch.zeros(NUM_CLASSES, *cfg.image_size, device=device) for _ in images] \
+        if low_res else None
     for scale in tta.scales:
-        size = [max(32, round(image_size[0] * scale)), max(32, round(image_size[1] * scale))]
-        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        views = [(xs, False)] + ([(xs.flip(-1), True)] if tta.flip else [])
+        size = [max(32, round(cfg.image_size[0] * scale)), max(32, round(cfg.image_size[1] * scale))]
+        x = to_device(torch.stack([preprocess(image, size) for image in images]), device,
+                      cfg.channels_last)
+        views = [(x, False)] + ([(x.flip(-1), True)] if tta.flip else [])
         for model in models:
             for view, flipped in views:
-                logits = model(view).float()
+                logits = forward_logits(model, view, device, amp=cfg.amp)
                 if flipped:
                     logits = logits.flip(-1)
-                up = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-                total += up.softmax(1)[0]
-                n += 1
-    return total / n
+                for i, logit in enumerate(logits):
+                    full[i] += upsample(logit, full[i].shape[-2:]).softmax(0)
+                    if low is not None:
+                        low[i] += upsample(logit, cfg.image_size).softmax(0)
+    n = len(tta.scales) * len(models) * (2 if tta.flip else 1)
+    return [Prediction(full[i] / n, low[i] / n if low is not None else None)
+            for i in range(len(images))]
+
+
+def predict_probs(models: Sequence[Model], image: torch.Tensor, cfg: Config, tta: TTA = TTA(),
+                  device: torch.device | None = None) -> torch.Tensor:
+    """Full-resolution probabilities of one image (`predict_batch` of one)."""
+    return predict_batch(models, [image], cfg, tta, device)[0].full
+
+
+def readable_batches(samples: Sequence[Sample], batch_size: int, skip_bad: bool,
+                     reader: Callable[[Sample], tuple[torch.Tensor, torch.Tensor]] = read_sample
+                     ) -> Iterator[tuple[list[Sample], list[tuple[torch.Tensor, torch.Tensor]], int]]:
+    """(samples, (image, label) pairs, skipped) in batches of `batch_size` in the given order —
+    the batches a validation DataLoader makes — dropping unreadable samples when `skip_bad`."""
+    for start in range(0, len(samples), batch_size):
+        kept, pairs, skipped = [], [], 0
+        for sample in samples[start:start + batch_size]:
+            try:
+                pairs.append(reader(sample))
+                kept.append(sample)
+            except DataError:
+                if not skip_bad:
+                    raise
+                skipped += 1
+        yield kept, pairs, skipped

@@ -6,6 +6,7 @@ channel arguments so that the shape story can be read off the constructor.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
 from raycity.constants import NUM_CLASSES
+from raycity.errors import UserError
 
 # Channels of the stem (1/2) and of the four residual stages (1/4 … 1/32).
 ENCODER_CHANNELS = (64, 256, 512, 1024, 2048)
@@ -22,7 +24,7 @@ DECODER_CHANNELS = (1024, 512, 256, 64)
 HEAD_CHANNELS = 32
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """The requested encoder weights could not be obtained."""
 
 
@@ -82,7 +84,12 @@ class DecoderStage(nn.Module):
 
 
 class Head(nn.Module):
-    """2× transposed conv to full resolution, 1×1 conv to class logits."""
+    """2× transposed conv to full resolution, 1×1 conv to class logits.
+
+    The classifier runs in fp32 even under bf16 autocast: the logits are what the loss, the
+    argmax and the upsampling to label size read, and every scoring path must see the same
+    precision. It is 32 → 19 channels, so fp32 costs nothing measurable.
+    """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -90,7 +97,9 @@ class Head(nn.Module):
         self.classify = nn.Conv2d(HEAD_CHANNELS, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.up(x))
+        x = self.up(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.classify(x.float())
 
 
 class UNetResNet50(nn.Module):
@@ -165,5 +174,19 @@ def load_encoder_weights(net: nn.Module, pretrained: str) -> None:
         )
 
 
+def check_pretrained(pretrained: str) -> None:
+    """The encoder weights a run asks for, checked in the driver before any trial starts: the
+    file exists and is a ResNet-50 state dict, or the ImageNet weights are obtainable (fetched
+    once into torch's hub cache, where every trial on this node then finds them)."""
+    load_encoder_weights(resnet50(weights=None), pretrained)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=1)
+def seed_parameter_count() -> int:
+    """Parameters of the seed architecture, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return count_parameters(UNetResNet50(NUM_CLASSES))

@@ -18,30 +18,46 @@ from tqdm import tqdm
 from raycity.cli import fail, user_errors
 from raycity.constants import TRAIN_TO_LABEL
 from raycity.data import find_samples
-from raycity.data.layout import read_png
+from raycity.data.layout import Sample, read_png
 from raycity.evaluate import run_checkpoints, run_data_root
 from raycity.figures import colorize
-from raycity.inference import TTA, load_model, predict_probs
+from raycity.inference import TTA, load_model, predict_batch, readable_batches
 
 
 def export_predictions(checkpoint: Path, data_root: str, split: str, out: Path, *,
-                       color: bool = False, tta: TTA = TTA(), progress: bool = True) -> int:
-    from torchvision.io import ImageReadMode
-
+                       color: bool = False, tta: TTA = TTA(), progress: bool = True) -> tuple[int, int]:
+    """(written, skipped): PNGs for every readable image, batched as validation batches."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg = load_model(checkpoint, device)
     samples = find_samples(data_root, split)
-    for sample in tqdm(samples, desc=f"predict {split}", unit="img", disable=not progress):
-        image = read_png(sample.image_path, ImageReadMode.RGB)
-        pred = predict_probs([model], image, cfg.image_size, tta, device).argmax(0).cpu().numpy()
-        target = out / "labelIds" / sample.city / f"{sample.name}_pred_labelIds.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(TRAIN_TO_LABEL[pred]).save(target)
-        if color:
-            target = out / "color" / sample.city / f"{sample.name}_pred_color.png"
+    written = skipped = 0
+    bar = tqdm(total=len(samples), desc=f"predict {split}", unit="img", disable=not progress)
+    for kept, pairs, bad in readable_batches(samples, cfg.batch_size, cfg.skip_bad_samples,
+                                             reader=read_image):
+        skipped += bad
+        bar.update(len(kept) + bad)
+        if not kept:
+            continue
+        preds = predict_batch([model], [image for image, _ in pairs], cfg, tta, device)
+        for sample, pred in zip(kept, preds):
+            train_ids = pred.full.argmax(0).cpu().numpy()
+            target = out / "labelIds" / sample.city / f"{sample.name}_pred_labelIds.png"
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(colorize(pred.astype("uint8"))).save(target)
-    return len(samples)
+            Image.fromarray(TRAIN_TO_LABEL[train_ids]).save(target)
+            if color:
+                target = out / "color" / sample.city / f"{sample.name}_pred_color.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(colorize(train_ids.astype("uint8"))).save(target)
+            written += 1
+    bar.close()
+    return written, skipped
+
+
+def read_image(sample: Sample) -> tuple[torch.Tensor, None]:
+    """Prediction needs no label (the test split has none worth reading)."""
+    from torchvision.io import ImageReadMode
+
+    return read_png(sample.image_path, ImageReadMode.RGB), None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                                         f"have {', '.join(checkpoints)}")
             checkpoint = checkpoints[f"fold{args.fold}"]
             data_root = run_data_root(Path(args.run), args.data_root)
-        n = export_predictions(checkpoint, data_root, args.split, Path(args.out),
-                               color=args.color, tta=TTA.parse(args.tta))
+        n, skipped = export_predictions(checkpoint, data_root, args.split, Path(args.out),
+                                        color=args.color, tta=TTA.parse(args.tta))
     except (ValueError, *user_errors()) as err:
         return fail(err)
-    print(f"{n} predictions in {Path(args.out) / 'labelIds'}")
+    print(f"{n} predictions in {Path(args.out) / 'labelIds'}"
+          + (f"; skipped {skipped} unreadable image(s) (--skip-bad-samples)" if skipped else ""))
     return 0
 
 

@@ -14,8 +14,7 @@ import pandas as pd
 import torch
 
 from raycity.constants import CLASS_NAMES
-from raycity.data.layout import Sample, read_sample
-from raycity.experiment import full_label_size
+from raycity.data.layout import Sample, first_label_size
 from raycity.results import IOU_FULL, IOU_LOW, atomic_write_text, table1_markdown
 
 PANEL_IMAGES = 3  # fixed validation images per panel: the first keys of the fold's val list
@@ -33,34 +32,44 @@ def display(array: np.ndarray, width: int = PANEL_WIDTH) -> np.ndarray:
 
 
 def panel_samples(run_dir: Path, fold: int) -> list[Sample]:
+    """The fold's validation samples in folds.json order: a panel shows the first readable ones,
+    so the same images appear in every run on this split."""
+    from raycity.evaluate import run_data_root
+
     folds = json.loads((run_dir / "folds.json").read_text())
-    root = json.loads((run_dir / "run.json").read_text())["data_root"]
-    keys = next(f["val"] for f in folds["folds"] if f["fold"] == fold)[:PANEL_IMAGES]
+    root = run_data_root(run_dir, None)
+    keys = next(f["val"] for f in folds["folds"] if f["fold"] == fold)
     return [Sample(root, *key.split("/")) for key in keys]
 
 
 def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | None = None):
-    """(panel RGB, boxes, predictions) for a fold's best checkpoint on fixed val images."""
+    """(panel RGB, boxes, predictions, samples shown) for a fold's best checkpoint on the first
+    PANEL_IMAGES readable samples; unreadable ones are skipped when the run skipped them."""
     from raycity.checkpoint import load_checkpoint
     from raycity.figures import prediction_panel
-    from raycity.inference import model_from_state, predict_probs
+    from raycity.inference import model_from_state, predict_batch, readable_batches
 
     device = device or torch.device("cpu")
     state = load_checkpoint(checkpoint)  # read once: weights and the metadata for the title
     model, cfg = model_from_state(state, checkpoint, device)
     meta = state["meta"]
+    shown, pairs = [], []
+    for kept, batch, _ in readable_batches(samples, 1, cfg.skip_bad_samples):
+        shown += kept
+        pairs += batch
+        if len(shown) == PANEL_IMAGES:
+            break
     rows, preds = [], []
-    for sample in samples:
-        image, truth = read_sample(sample)
-        pred = predict_probs([model], image, cfg.image_size, device=device).argmax(0).cpu()
-        pred = pred.numpy().astype(np.uint8)
+    for image, truth in pairs:
+        pred = predict_batch([model], [image], cfg, device=device)[0].full
+        pred = pred.argmax(0).cpu().numpy().astype(np.uint8)
         preds.append(pred)
         rows.append((display(image.permute(1, 2, 0).numpy()), display(truth.numpy()),
                      display(pred)))
     title = (f"Prediction, fold {meta['fold']}, best epoch {meta['epoch']} "
              f"(val mIoU low {meta['metrics'].get('miou_low', float('nan')):.3f})")
-    panel, boxes = prediction_panel(rows, title, [s.name for s in samples])
-    return panel, boxes, preds
+    panel, boxes = prediction_panel(rows, title, [s.name for s in shown])
+    return panel, boxes, preds, shown
 
 
 def write_figures(run_dir: Path, epochs: pd.DataFrame, prefix: str = "") -> list[str]:
@@ -74,7 +83,7 @@ def write_figures(run_dir: Path, epochs: pd.DataFrame, prefix: str = "") -> list
         written.append(path.name)
         checkpoint = run_dir / "checkpoints" / f"{prefix}fold{fold}.pt"
         if checkpoint.is_file():
-            panel, _, _ = fold_panel(checkpoint, panel_samples(run_dir, int(fold)))
+            panel, _, _, _ = fold_panel(checkpoint, panel_samples(run_dir, int(fold)))
             path = fig_dir / f"fold{fold}_prediction.png"
             save_png(panel, path)
             written.append(path.name)
@@ -123,7 +132,7 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     if figures:
         write_figures(run_dir, epochs, prefix)
     fig_dir = run_dir / "figures"
-    sizes = tuple(config["image_size"]), full_label_size(run["data_root"])
+    sizes = tuple(config["image_size"]), first_label_size(run["data_root"])
     lines = [f"# {run_dir.name}: {heading} report", "",
              f"UNet-ResNet50, {config['folds']}-fold cross-validation on the train split of "
              f"`{run['data_root']}`" + (" (synthetic demo scenes)" if run["synthetic"] else "")
@@ -144,6 +153,12 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
         lines += [f"| {r.model} | {r.tta} | {r.miou_full:.4f} |" for r in table.itertuples()]
         lines += ["", "Scored like cityscapesScripts: one confusion matrix over the split, at "
                       "each label's own resolution.", ""]
+    if (run_dir / "leaderboard.md").is_file():
+        lines += ["## Search", "", (run_dir / "leaderboard.md").read_text()]
+        if (fig_dir / "sweep.png").is_file():
+            lines += ["Each configuration's fold mean ± std against each tuned value, and the best "
+                      "fold mean so far as configurations finished:", "",
+                      "![the search](figures/sweep.png)", ""]
     lines += ["## Figures", ""]
     if (fig_dir / "cv_history.png").is_file():
         lines += ["![all folds](figures/cv_history.png)", ""]

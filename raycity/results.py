@@ -22,8 +22,10 @@ METRIC_COLUMNS = ["lr", "train_loss", "val_loss", "miou_low", "miou_full"]
 IOU_LOW = [f"iou_low_{k}" for k in CLASS_KEYS]
 IOU_FULL = [f"iou_full_{k}" for k in CLASS_KEYS]
 TIME_COLUMNS = ["epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_s",
-                "skipped_samples"]
-RUN_COLUMNS = ["node_id"]  # the Ray node that trained the epoch (placement on a cluster)
+                "skipped_samples", "checkpoint_seconds", "checkpoint_bytes"]
+# Where the epoch ran: the Ray node, the GPUs Ray granted, the torch device used.
+RUN_COLUMNS = ["node_id", "gpu_ids", "device"]
+PENDING = "pending (no epoch recorded)"
 EPOCH_COLUMNS = KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
 BEST_BY = "miou_low"  # the seed picks each fold's best epoch by its low-res val mIoU
 _UMASK = os.umask(0)  # read once: files get the permissions the user's umask allows
@@ -72,16 +74,25 @@ def epochs_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
     return df.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
 
 
-def summarize(epochs: pd.DataFrame,
-              status: Mapping[tuple[str, int], str] | None = None) -> pd.DataFrame:
+def summarize(epochs: pd.DataFrame, status: Mapping[tuple[str, int], str] | None = None, *,
+              folds: int | None = None, config_ids: Iterable[str] = ()) -> pd.DataFrame:
     """One row per (config, fold) at the fold's best epoch by val `miou_low`.
 
     `status` marks folds as e.g. "failed: …"; a failed fold keeps its row (what it reached) but is
-    left out of every mean by `table1`.
+    left out of every mean by `table1`. With `folds` (K), every configuration seen (or listed in
+    `config_ids`) has K rows: a fold with no epoch recorded is marked pending, never silently
+    dropped from a table that still says K-fold.
     """
     if "config_id" not in epochs:
         epochs = epochs.assign(config_id="cv")
-    status = status or {}
+    status = dict(status or {})
+    if folds:
+        seen = set(epochs["config_id"]) | {c for c, _ in status} | set(config_ids)
+        for config_id in seen:
+            for fold in range(1, folds + 1):
+                done = ((epochs["config_id"] == config_id) & (epochs["fold"] == fold)).any()
+                if not done and (config_id, fold) not in status:
+                    status[(config_id, fold)] = PENDING
     rows = []
     for (config_id, fold), group in epochs.groupby(["config_id", "fold"], sort=True):
         ranked = group[group[BEST_BY].notna()]
@@ -125,9 +136,12 @@ def table1_markdown(summary: pd.DataFrame, image_size: tuple[int, int] | None = 
     for r in table1(summary).itertuples():
         note = "" if status.get(r.Fold, "ok") == "ok" else f" ({status[r.Fold]})"
         lines.append(f"| {r.Fold}{note} | {_fmt(r[2])} | {_fmt(r[3])} |")
-    failed = (summary["status"] != "ok").sum()
-    if failed:
-        lines += ["", f"Mean and Std leave out {failed} failed fold(s)."]
+    failed = summary["status"].str.startswith("failed").sum()
+    pending = (summary["status"] == PENDING).sum()
+    if failed or pending:
+        what = " and ".join(part for part in (f"{failed} failed" if failed else "",
+                                              f"{pending} pending" if pending else "") if part)
+        lines += ["", f"Mean and Std leave out {what} fold(s) of {len(summary)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -157,7 +171,8 @@ def leaderboard(summary: pd.DataFrame, hparams: list[str], values: pd.DataFrame,
 
 
 def leaderboard_markdown(board: pd.DataFrame, hparams: list[str], metric: str) -> str:
-    head = ["rank", "config", *hparams, "folds done", "stopped early", "mIoU low", "mIoU full"]
+    head = ["rank", "config", *(h.removeprefix("hp_") for h in hparams), "folds done",
+            "stopped early", "mIoU low", "mIoU full"]
     lines = [f"Leaderboard (ranked by {metric}, mean ± std over folds at each fold's best epoch)",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in board.to_dict("records"):

@@ -1,9 +1,13 @@
-"""`python -m raycity.sweep --space lr.yaml`: every sampled configuration trained on every fold,
-ranked by its fold mean ± std. Writes the CV files plus leaderboard.parquet / leaderboard.md."""
+"""`python -m raycity.sweep --space lr.yaml`: configurations trained on every fold and ranked by
+their fold mean ± std — drawn up front (random), laid on a grid (grid), or proposed one at a
+time by Optuna's TPE from the fold means of those already finished (optuna). Writes the CV files
+plus leaderboard.parquet / leaderboard.md, searcher.json and figures/sweep.png."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -15,86 +19,127 @@ from raycity.cli import (
     interrupted,
     user_errors,
 )
+from raycity.tune.driver import Interrupted
+
+SEARCHES = ("random", "grid", "optuna")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m raycity.sweep",
         description="Hyperparameter sweep judged by K-fold cross-validation: each configuration "
-                    "drawn from --space runs as K Ray Tune trials with identical values.")
+                    "runs as K Ray Tune trials with identical values and is judged by its fold "
+                    "mean.")
     p.add_argument("--space",
                    help="search space YAML: a path, or a name in search_spaces/ (e.g. lr.yaml)")
+    p.add_argument("--search", choices=SEARCHES, default=None,
+                   help="random: draws made up front; grid: every listed value, drawn domains "
+                        "cut into points; optuna: TPE proposes each next configuration from the "
+                        "fold means of the finished ones (default: the space's `search:`, else "
+                        "random if it draws values, grid if it only lists them)")
     p.add_argument("--num-samples", type=int, default=None,
-                   help="configurations to draw per grid point (default: the space's num_samples)")
+                   help="random: draws per grid point; grid: cells of the drawn part; optuna: "
+                        "configurations (default: the space's num_samples)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="configurations in flight at once (default: enough to keep every trial "
+                        "slot of the cluster busy); fewer lets a model-based search learn more")
     add_common_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from raycity.space import SpaceError
-
     opts = None
     try:
         cfg, explicit, preset_name = build_config(args)
         opts = build_options(args, preset_name)
-        from raycity.experiment import run_experiment
+        from raycity.tune.experiment import run_experiment
 
-        # with --resume, configurations, metric and scheduler state come from the saved run
-        variants, scheduler, hparams, metric = [], None, [], "miou_full"
+        # with --resume, the search, metric and scheduler state come from the saved run
+        plan_ = {"variants": [], "search": None, "scheduler": None, "hparams": [],
+                 "metric": "miou_full"}
         if not args.resume:
-            if not args.space:
-                raise SpaceError("--space is required (except with --resume)")
-            variants, scheduler, hparams, metric = plan(args, cfg, explicit)
-        run_dir, summary = run_experiment("sweep", cfg, opts, variants, hparams=hparams,
-                                          metric=metric, scheduler=scheduler, explicit=explicit)
+            plan_ = plan(args, cfg, explicit)
+        run_dir, summary = run_experiment("sweep", cfg, opts, plan_["variants"],
+                                          hparams=plan_["hparams"], metric=plan_["metric"],
+                                          scheduler=plan_["scheduler"], search=plan_["search"],
+                                          explicit=explicit)
         if summary is None:
             return fail(f"{run_dir}: no trial reported a single epoch")
         write_leaderboard(run_dir, summary)
         from raycity.report import write_report
 
         write_report(run_dir)
-    except (SpaceError, *user_errors()) as err:
+    except user_errors() as err:
         return fail(err)
-    except KeyboardInterrupt:
-        return interrupted(opts)
+    except Interrupted as stopped:
+        return interrupted(opts, stopped.signum, "python -m raycity.sweep")
+    except KeyboardInterrupt:  # before the run's own signal handling was in place
+        return interrupted(opts, command="python -m raycity.sweep")
     print()
     print((run_dir / "leaderboard.md").read_text())
     print((run_dir / "summary.md").read_text())
-    print(f"results: {run_dir}\n  pandas: pd.read_parquet('{run_dir}/leaderboard.parquet')")
-    return 1 if (summary["status"] != "ok").any() else 0
+    print(f"results: {run_dir}\n  pandas: pd.read_parquet('{run_dir}/leaderboard.parquet')\n"
+          f"  search: {run_dir}/figures/sweep.png")
+    return 1 if summary["status"].str.startswith("failed").any() else 0
 
 
-def plan(args: argparse.Namespace, cfg, explicit: dict):
-    """Space → (variants, scheduler, tuned fields, metric); every error before anything runs."""
-    from raycity.experiment import Variant
-    from raycity.scheduler import FoldMeanASHA
-    from raycity.space import SpaceError, check_against, load_space, sample_configurations
+def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
+    """Space → variants, search, scheduler, tuned fields, metric; every error before anything
+    runs."""
+    from raycity.tune.rundir import Variant
+    from raycity.tune.scheduler import FoldMeanASHA
+    from raycity.tune.searcher import plan_search
+    from raycity.tune.space import SpaceError, check_against, load_space
 
+    if not args.space:
+        raise SpaceError("--space is required (except with --resume)")
     space = load_space(args.space)
     clash = sorted(set(space.params) & set(explicit))
     if clash:
         raise SpaceError(f"{space.path}: {clash} are tuned by the space and also fixed by a "
                          f"flag; drop the flag or the field")
-    if args.num_samples is not None and args.num_samples < 1:
-        raise SpaceError("--num-samples must be ≥ 1")
-    configurations = sample_configurations(space, args.num_samples)
-    check_against(cfg, configurations, space.path)
-    width = len(str(len(configurations)))
-    variants = [Variant(f"c{i + 1:0{width}d}", values) for i, values in enumerate(configurations)]
+    for flag, value in (("--num-samples", args.num_samples),
+                        ("--max-concurrent", args.max_concurrent)):
+        if value is not None and value < 1:
+            raise SpaceError(f"{flag} {value}: expected an integer ≥ 1")
+    search, drawn = plan_search(space, args.search, args.num_samples, args.max_concurrent)
+    # every configuration (for optuna: every value at the limits of its domain) must make a
+    # valid Config before anything launches
+    check_against(cfg, drawn or space.extremes(), space.path)
+    width = len(str(len(drawn)))
+    variants = [Variant(f"c{i + 1:0{width}d}", values) for i, values in enumerate(drawn)]
     scheduler = None
     if space.scheduler:
         scheduler = FoldMeanASHA(space.metric, "max", folds=cfg.folds, max_t=cfg.epochs,
                                  **space.scheduler)
-    print(f"sweep {space.path}: {len(variants)} configurations × {cfg.folds} folds")
+    print(f"sweep {space.path}: {search.method} search, {search.configurations} configurations "
+          f"× {cfg.folds} folds")
     for v in variants:
         print(f"  {v.config_id}: {v.overrides}")
-    return variants, scheduler, list(space.params), space.metric
+    return {"variants": variants, "hparams": list(space.params), "metric": space.metric,
+            "scheduler": scheduler, "search": search}
 
 
-def write_leaderboard(run_dir, summary: pd.DataFrame) -> pd.DataFrame:
-    """leaderboard.{parquet,md} and the best configuration's Table 1 as summary.md."""
-    from raycity.experiment import RunState
+def tuned_values(run_dir: Path, epochs: pd.DataFrame, hparams: list[str]) -> pd.DataFrame:
+    """config_id → the values each configuration was trained with (its hp_* columns)."""
+    from raycity.tune.recorder import hp_column
+    from raycity.tune.rundir import RunState
+
+    columns = [hp_column(h) for h in hparams]
+    if len(epochs) and all(c in epochs for c in columns):
+        return epochs.groupby("config_id")[columns].first()
+    state = RunState.load(run_dir)  # a sweep written before hp_* columns existed
+    return pd.DataFrame([{"config_id": v.config_id, **{hp_column(h): v.overrides.get(h)
+                                                       for h in hparams}}
+                         for v in state.variants]).set_index("config_id")
+
+
+def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
+    """leaderboard.{parquet,md}, the best configuration's Table 1 as summary.md, the search as
+    figures/sweep.png and TensorBoard's hparams view."""
+    from raycity.data.layout import first_label_size
+    from raycity.figures import sweep_figure
     from raycity.results import (
         atomic_write_parquet,
         atomic_write_text,
@@ -102,18 +147,41 @@ def write_leaderboard(run_dir, summary: pd.DataFrame) -> pd.DataFrame:
         leaderboard_markdown,
         table1_markdown,
     )
-
+    from raycity.tune.recorder import hp_column
+    from raycity.tune.rundir import RunState
     state = RunState.load(run_dir)
-    values = pd.DataFrame([{"config_id": v.config_id, **v.overrides} for v in state.variants])
-    board = leaderboard(summary, state.hparams, values.set_index("config_id"),
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    columns = [hp_column(h) for h in state.hparams]
+    board = leaderboard(summary, columns, tuned_values(run_dir, epochs, state.hparams),
                         state.config.epochs, state.metric)
     atomic_write_parquet(board, run_dir / "leaderboard.parquet")
     atomic_write_text(run_dir / "leaderboard.md",
-                      leaderboard_markdown(board, state.hparams, state.metric))
+                      leaderboard_markdown(board, columns, state.metric))
     best = board.iloc[0]["config_id"]
-    table = table1_markdown(summary[summary["config_id"] == best], state.config.image_size)
+    table = table1_markdown(summary[summary["config_id"] == best], state.config.image_size,
+                            first_label_size(state.data_root))
     atomic_write_text(run_dir / "summary.md", f"Best configuration: {best}\n\n{table}")
+    told_file = run_dir / "searcher.json"
+    told = json.loads(told_file.read_text()) if told_file.is_file() else []
+    sweep_figure(board, told, state.hparams, state.search.get("log_scaled", []), state.metric,
+                 run_dir / "figures" / "sweep.png")
+    tensorboard_hparams(run_dir, board, state.hparams, state.metric)
     return board
+
+
+def tensorboard_hparams(run_dir: Path, board: pd.DataFrame, hparams: list[str],
+                        metric: str) -> None:
+    """One hparams entry per configuration, for TensorBoard's HPARAMS tab."""
+    from tensorboardX import SummaryWriter
+
+    from raycity.tune.recorder import hp_column
+
+    with SummaryWriter(str(run_dir / "tensorboard" / "hparams")) as writer:
+        for row in board.to_dict("records"):
+            writer.add_hparams({h: row[hp_column(h)] for h in hparams},
+                               {f"{metric}_mean": row[f"{metric}_mean"],
+                                f"{metric}_std": row[f"{metric}_std"]},
+                               name=row["config_id"])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,17 +19,69 @@ from raycity.config import Config
 from raycity.constants import CLASS_KEYS, NUM_CLASSES
 from raycity.data import SegmentationDataset, collate, find_samples, train_transform, val_transform
 from raycity.data.cache import cached_reader
+from raycity.data.dataset import SeededSampler, derive_seed
 from raycity.data.layout import DataError, Sample
-from raycity.engine import LossFn, NonFiniteLossError, cross_entropy, evaluate, train_one_epoch
+from raycity.engine import (
+    EvalStats,
+    LossFn,
+    NonFiniteLossError,
+    TrainStats,
+    cross_entropy,
+    evaluate,
+    train_one_epoch,
+)
+from raycity.errors import UserError
 from raycity.folds import FoldSplit
 from raycity.metrics import iou_per_class, mean_iou
 from raycity.model import UNetResNet50
+from raycity.snapshots import FoldCheckpoints
 
-Report = Callable[[dict[str, Any], dict[str, Any]], None]
+Report = Callable[[dict[str, Any], "str | None"], None]
+
+
+class DeviceError(UserError, RuntimeError):
+    """The device a fold was given cannot be used here (e.g. a GPU torch cannot see)."""
+
+
+class FoldOutOfMemoryError(UserError, torch.OutOfMemoryError):
+    """The recipe does not fit the device: the same batch fails the same way on a retry."""
+
+
+@dataclass(frozen=True)
+class FoldSteps:
+    """What one epoch runs: the engine's training and evaluation passes. Benchmarks replace
+    them with stand-ins of a given length to measure everything around them for real."""
+
+    train: Callable[..., TrainStats] = train_one_epoch
+    evaluate: Callable[..., EvalStats] = evaluate
 
 
 def pick_device() -> torch.device:
+    """For in-process use (benchmarks, notebooks); a Ray trial uses the GPUs Ray granted it."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(device: torch.device) -> None:
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"{device} was requested but torch {torch.__version__} in this process "
+                          f"sees {torch.cuda.device_count()} CUDA device(s); install a CUDA "
+                          f"build of torch on this node or use --gpus-per-trial 0")
+
+
+def cpu_split(cpus: float, device: torch.device, num_workers: int | None) -> tuple[int, int]:
+    """(torch threads, DataLoader workers) from the CPUs a fold may use.
+
+    On CUDA the model runs on the GPU and the CPUs decode and augment: one for the training loop,
+    the rest as loader workers. On the CPU they compute: all of them as torch threads, decoding
+    in the main process.
+    """
+    whole = max(1, int(cpus))
+    if num_workers is not None:
+        return max(1, whole - num_workers), num_workers
+    if device.type == "cuda":
+        return 1, whole - 1
+    return whole, 0
 
 
 def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -64,22 +117,29 @@ def resolve_samples(root: str, split: str, keys: tuple[str, ...]) -> list[Sample
 
 
 def build_loaders(cfg: Config, root: str, split: FoldSplit, device: torch.device,
-                  threads: int) -> tuple[DataLoader, DataLoader]:
-    workers = cfg.num_workers if cfg.num_workers is not None else (
-        max(1, threads - 1) if device.type == "cuda" else 0)
-    reader = cached_reader(root, cfg.image_size, cfg.scale_jitter) if cfg.use_cache else None
-    extra = {} if reader is None else {"reader": reader}
+                  workers: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Training loader (seeded order and augmentations) and the fold's validation loader."""
+    readers: dict[str, Any] = {"train": {}, "val": {}}
+    if cfg.use_cache:
+        for part in readers:
+            reader = cached_reader(root, cfg.image_size, cfg.scale_jitter, split=part)
+            if reader is not None:
+                readers[part] = {"reader": reader}
     train_ds = SegmentationDataset(
         resolve_samples(root, "train", split.train),
         train_transform(cfg.image_size, cfg.scale_jitter, cfg.color_jitter, cfg.hflip),
-        skip_bad=cfg.skip_bad_samples, **extra)
+        skip_bad=cfg.skip_bad_samples, **readers["train"])
     val_ds = SegmentationDataset(resolve_samples(root, "train", split.val),
                                  val_transform(cfg.image_size), full_mask=True,
-                                 skip_bad=cfg.skip_bad_samples, **extra)
-    common = dict(num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0, worker_init_fn=_worker_init)
-    return (DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
-                       **common),
+                                 skip_bad=cfg.skip_bad_samples, **readers["val"])
+    cuda = device.type == "cuda"
+    common: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=cuda,
+                                  persistent_workers=workers > 0, worker_init_fn=_worker_init)
+    if workers > 0:
+        common["prefetch_factor"] = 4 if cuda else 2
+    sampler = SeededSampler(len(train_ds), derive_seed(cfg.seed, split.fold))
+    return (DataLoader(train_ds, cfg.batch_size, sampler=sampler,
+                       drop_last=len(train_ds) > cfg.batch_size, **common),
             DataLoader(val_ds, cfg.batch_size, shuffle=False, **common))
 
 
@@ -101,20 +161,41 @@ def fold_metrics(fold: int, epoch: int, lr: float, train, val) -> dict[str, Any]
     return metrics
 
 
-def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
-             resume: dict[str, Any] | None = None, threads: int = 1,
-             device: torch.device | None = None, loss_fn: LossFn = cross_entropy) -> None:
-    """Train one fold for `cfg.epochs`, calling `report(metrics, state)` after every epoch.
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
-    `state` holds model, optimizer, scheduler, epoch and RNG states plus self-describing metadata;
-    passing it back as `resume` continues exactly where it stopped.
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
+             checkpoints: FoldCheckpoints | None = None, sync_epochs: Collection[int] = (),
+             cpus: float = 1, device: torch.device | None = None,
+             loss_fn: LossFn = cross_entropy, steps: FoldSteps = FoldSteps()) -> None:
+    """Train one fold for `cfg.epochs`, calling `report(metrics, saved)` after every epoch.
+
+    With `checkpoints`, the fold continues from the newest state found there, keeps its state
+    and best weights there as it goes (`saved` names a state that became complete), and ends
+    with the best epoch's weights on disk; epochs in `sync_epochs` are written before they are
+    reported. The same numbers come out whether a fold runs through or is resumed.
     """
     device = device or pick_device()
-    torch.set_num_threads(max(1, threads))
+    check_device(device)
+    threads, workers = cpu_split(cpus, device, cfg.num_workers)
+    torch.set_num_threads(threads)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     torch.manual_seed(cfg.seed * 1000 + split.fold)
     random.seed(cfg.seed * 1000 + split.fold)
+    resume = checkpoints.resume(map_location=device) if checkpoints is not None else None
     model = build_model(cfg.replace(pretrained="none") if resume else cfg, device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
@@ -123,35 +204,48 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        random.setstate(resume["rng"]["python"])
+        set_rng_state(resume["rng"], device)
         first_epoch = resume["epoch"] + 1
+        del resume
     forward = torch.compile(model) if cfg.compile else model
-    train_loader, val_loader = build_loaders(cfg, root, split, device, threads)
+    train_loader, val_loader = build_loaders(cfg, root, split, device, workers)
     for epoch in range(first_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
+        train_loader.sampler.set_epoch(epoch)
         try:
-            train = train_one_epoch(forward, train_loader, optimizer, device, amp=cfg.amp,
-                                    channels_last=cfg.channels_last, loss_fn=loss_fn)
-            val = evaluate(forward, val_loader, device, amp=cfg.amp,
-                           channels_last=cfg.channels_last, loss_fn=loss_fn)
+            train = steps.train(forward, train_loader, optimizer, device, amp=cfg.amp,
+                                channels_last=cfg.channels_last, loss_fn=loss_fn)
+            val = steps.evaluate(forward, val_loader, device, amp=cfg.amp,
+                                 channels_last=cfg.channels_last, loss_fn=loss_fn)
         except NonFiniteLossError as err:
-            raise NonFiniteLossError(f"fold {split.fold}, epoch {epoch}, lr {lr:.3g}: {err}") from err
+            raise NonFiniteLossError(f"fold {split.fold}, epoch {epoch}, lr {lr:.3g}: {err}; "
+                                     f"lower --lr") from err
         except torch.OutOfMemoryError as err:
-            raise torch.OutOfMemoryError(
+            raise FoldOutOfMemoryError(
                 f"fold {split.fold}, epoch {epoch}: out of GPU memory at "
                 f"batch_size={cfg.batch_size}, image_size={cfg.image_size}; lower --batch-size "
                 f"or --image-size, keep bf16 on (drop --no-amp), or give each trial a whole GPU "
                 f"(--gpus-per-trial 1)") from err
         metrics = fold_metrics(split.fold, epoch, lr, train, val)
+        metrics["device"] = str(device)
         scheduler.step(metrics[cfg.plateau_metric])
-        state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "meta": {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold,
-                     "epoch": epoch, "config": cfg.to_dict(), "created": time.time(),
-                     "metrics": {k: float(v) for k, v in metrics.items()
-                                 if isinstance(v, (int, float)) and np.isfinite(v)}},
-        }
-        report(metrics, state)
+        saved = None
+        if checkpoints is not None:
+            meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
+                    "config": cfg.to_dict(), "created": time.time(),
+                    "metrics": {k: float(v) for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and np.isfinite(v)}}
+            save = checkpoints.end_of_epoch(
+                epoch, metrics["miou_low"], model.state_dict,
+                lambda epoch=epoch, meta=meta: {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "rng": rng_state(device), "meta": meta},
+                meta, last=epoch == cfg.epochs, sync=epoch in sync_epochs)
+            if epoch == cfg.epochs:
+                end = checkpoints.close()
+                save.seconds += end.seconds
+                save.bytes += end.bytes
+            saved = save.saved
+            metrics.update(checkpoint_seconds=save.seconds, checkpoint_bytes=save.bytes)
+        report(metrics, saved)

@@ -51,10 +51,10 @@ def test_cached_samples_go_through_the_augmentations(tree):
 def test_training_uses_the_cache_automatically(tree):
     cfg = preset("smoke", data_root=str(tree))
     split = make_folds([s.key for s in find_samples(tree, "train")], 3)[0]
-    train, _ = build_loaders(cfg, str(tree), split, torch.device("cpu"), threads=1)
+    train, _ = build_loaders(cfg, str(tree), split, torch.device("cpu"))
     assert not isinstance(train.dataset.reader, CachedReader)  # no cache yet: PNGs
     assert data_main(["cache", "--data-root", str(tree), "--image-size", "32x64"]) == 0
-    train, val = build_loaders(cfg, str(tree), split, torch.device("cpu"), threads=1)
+    train, val = build_loaders(cfg, str(tree), split, torch.device("cpu"))
     assert isinstance(train.dataset.reader, CachedReader)
     assert isinstance(val.dataset.reader, CachedReader)
     model = build_model(cfg, torch.device("cpu"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -16,9 +17,9 @@ import torch
 from raycity.config import RunOptions, preset
 from raycity.data import DataError, find_samples, write_synthetic_cityscapes
 from raycity.data.layout import IMAGE_SUFFIX
-from raycity.experiment import Variant, run_experiment
 from raycity.folds import make_folds
 from raycity.training import run_fold
+from raycity.tune.experiment import Variant, run_experiment
 from tests.conftest import SMOKE_EPOCHS
 
 METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
@@ -102,7 +103,8 @@ def test_non_finite_loss_fails_its_fold_only(ray_session, tiny_cityscapes, tmp_p
 
     cfg = preset("smoke", data_root=str(tiny_cityscapes), epochs=1)
     opts = RunOptions(name="nan", output=str(tmp_path), cpus_per_trial=0.6, max_failures=0)
-    run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], loss_fn=nan_on_fold_2,
+    run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")],
+                                      fold_fn=functools.partial(run_fold, loss_fn=nan_on_fold_2),
                                       echo=lambda line: None)
     status = summary.set_index("fold")["status"]
     assert status[1] == "ok" and status[3] == "ok"
@@ -140,18 +142,19 @@ def test_data_root_missing_on_a_worker(tmp_path):
         run_fold(cfg, fold, str(tmp_path / "gone"), lambda m, s: None)
 
 
-def test_out_of_memory_names_the_flags(tiny_cityscapes, monkeypatch):
-    import raycity.training as training
+def test_out_of_memory_names_the_flags(tiny_cityscapes):
+    from raycity.errors import UserError
+    from raycity.training import FoldSteps
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(training, "train_one_epoch", oom)
     cfg = preset("smoke", data_root=str(tiny_cityscapes))
     samples = find_samples(tiny_cityscapes, "train")
     fold = make_folds([s.key for s in samples], 3)[0]
-    with pytest.raises(torch.OutOfMemoryError, match="--batch-size.*--image-size"):
-        run_fold(cfg, fold, str(tiny_cityscapes), lambda m, s: None)
+    with pytest.raises(torch.OutOfMemoryError, match="--batch-size.*--image-size") as err:
+        run_fold(cfg, fold, str(tiny_cityscapes), lambda m, s: None, steps=FoldSteps(train=oom))
+    assert isinstance(err.value, UserError)  # the same batch fails the same way: no retry
 
 
 def test_multi_node_cluster_with_shared_storage(tmp_path, tiny_cityscapes):
@@ -196,13 +199,20 @@ def test_trials_never_outnumber_the_memory(ray_session):
     is spread over those), and a trial no node can hold is refused up front."""
     import ray
 
-    from raycity.experiment import RunError, check_fits, default_cpus_per_trial, trial_memory_bytes
+    from raycity.tune.resources import (
+        check_placeable,
+        cluster_nodes,
+        plan_trials,
+        trial_memory_bytes,
+    )
+    from raycity.tune.rundir import RunError
 
     per_trial = trial_memory_bytes(preset("smoke"), on_gpu=False)
     fit = min(9, int(ray.cluster_resources()["memory"] // per_trial))
-    share = default_cpus_per_trial(9, per_trial)
+    plan = plan_trials(cluster_nodes(), 9, 0, per_trial)
+    share = plan.cpus
     assert share * fit <= ray.cluster_resources()["CPU"] + 1e-9
     assert share >= ray.cluster_resources()["CPU"] / fit - 0.001
     assert trial_memory_bytes(preset("seed"), on_gpu=False) > per_trial  # activations on CPU
     with pytest.raises(RunError, match="GiB of host memory"):
-        check_fits(int(2 * ray.cluster_resources()["memory"]))
+        check_placeable(cluster_nodes(), 1, 0, int(2 * ray.cluster_resources()["memory"]))

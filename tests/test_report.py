@@ -38,11 +38,11 @@ def test_panel_shows_the_models_argmax(run_dir):
     samples = report.panel_samples(run_dir, 1)
     assert [s.key for s in samples] == [s.key for s in report.panel_samples(run_dir, 1)]
     checkpoint = run_dir / "checkpoints" / "fold1.pt"
-    panel, boxes, _ = report.fold_panel(checkpoint, samples)
+    panel, boxes, _, samples = report.fold_panel(checkpoint, samples)
     model, cfg = load_model(checkpoint, torch.device("cpu"))
     for sample, row in zip(samples, boxes):
         image, truth = read_sample(sample)
-        argmax = predict_probs([model], image, cfg.image_size).argmax(0).numpy().astype(np.uint8)
+        argmax = predict_probs([model], image, cfg).argmax(0).numpy().astype(np.uint8)
         top, left, h, w = row[2]  # the prediction cell
         assert np.array_equal(panel[top:top + h, left:left + w], colorize(report.display(argmax)))
         top, left, h, w = row[1]  # the ground-truth cell
@@ -108,10 +108,10 @@ def test_flip_tta_changes_nothing_on_a_flip_equivariant_model(run_dir):
         return (model(x) + model(x.flip(-1)).flip(-1)) / 2
 
     image, _ = read_sample(find_samples(evaluate.run_data_root(run_dir, None), "val")[0])
-    plain = predict_probs([symmetric], image, cfg.image_size)
-    flipped = predict_probs([symmetric], image, cfg.image_size, TTA(flip=True))
+    plain = predict_probs([symmetric], image, cfg)
+    flipped = predict_probs([symmetric], image, cfg, TTA(flip=True))
     torch.testing.assert_close(plain, flipped, atol=1e-5, rtol=1e-5)
-    multi = predict_probs([model], image, cfg.image_size, TTA(flip=True, scales=(0.75, 1.0)))
+    multi = predict_probs([model], image, cfg, TTA(flip=True, scales=(0.75, 1.0)))
     assert multi.shape == plain.shape and torch.allclose(multi.sum(0), torch.ones(()), atol=1e-4)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from raycity.scheduler import FoldMeanASHA
+from raycity.tune.scheduler import FoldMeanASHA
 
 QUALITY = {"good": 0.8, "mid": 0.5, "bad": 0.2}
 
@@ -129,3 +130,59 @@ def test_through_ray_tune_with_a_fake_trainable(ray_session, tmp_path):
     # "bad" starts; "bad" is worse on every fold and is cut there, on all three folds.
     assert epochs["bad"] == [2, 2, 2]
 
+
+
+def fleet(configs, folds=(1, 2)):
+    trials = {(c, f): trial(c, f) for c in configs for f in folds}
+    for i, t in enumerate(trials.values()):
+        t.trial_id, t.status = f"id{i}", "RUNNING"
+    return trials, FakeController(list(trials.values()))
+
+
+def decide(s, tc, trials, config_id, epoch, values):
+    decisions = []
+    for fold, value in values.items():
+        d = s.on_trial_result(tc, trials[(config_id, fold)], {"m": value, "epoch": epoch})
+        if d == TrialScheduler.PAUSE:
+            trials[(config_id, fold)].status = "PAUSED"
+        decisions.append(d)
+    return decisions
+
+
+def test_a_retried_crash_keeps_early_stopping_a_final_failure_does_not():
+    s = FoldMeanASHA("m", folds=2, max_t=4, grace_period=1, reduction_factor=2)
+    trials, tc = fleet(["good", "bad", "lost"])
+    # Tune's retry path: on_trial_error, then the trial is added back (on_trial_add)
+    s.on_trial_error(tc, trials[("bad", 1)])
+    s.on_trial_add(tc, trials[("bad", 1)])
+    assert not s.broken("bad")
+    decide(s, tc, trials, "good", 1, {1: 0.8, 2: 0.8})
+    assert decide(s, tc, trials, "bad", 1, {1: 0.1, 2: 0.1})[-1] == TrialScheduler.STOP
+    assert s.stopped == {"bad": 1}  # still judged, and cut, after its retried crash
+    # a failure Tune will not retry: the configuration can never complete a rung
+    s.on_trial_error(tc, trials[("lost", 1)])
+    assert s.broken("lost")
+    assert decide(s, tc, trials, "lost", 1, {2: 0.0}) == [TrialScheduler.CONTINUE]
+
+
+def test_scheduler_state_survives_a_driver_restart():
+    s = FoldMeanASHA("m", folds=2, max_t=4, grace_period=1, reduction_factor=2)
+    trials, tc = fleet(["good", "mid", "bad"])
+    decide(s, tc, trials, "good", 1, {1: 0.8, 2: 0.8})
+    assert s.choose_trial_to_run(tc) is trials[("good", 1)]  # judged: its paused fold resumes
+    trials[("good", 1)].status = "RUNNING"
+    decide(s, tc, trials, "bad", 1, {1: 0.1, 2: 0.1})  # stopped (both folds)
+    assert decide(s, tc, trials, "mid", 1, {1: 0.7}) == [TrialScheduler.PAUSE]  # waits
+    saved = s.get_state()
+
+    restarted = FoldMeanASHA("m", folds=2, max_t=4, grace_period=1, reduction_factor=2)
+    restarted.set_state(saved)
+    # Tune brings paused and unfinished trials back as PENDING, with their ids
+    for key in [("mid", 1), ("bad", 1)]:
+        trials[key].status = "PENDING"
+    tc.stopped.clear()
+    assert restarted.choose_trial_to_run(tc) is None  # mid fold 1 still waits for fold 2 …
+    assert tc.stopped == [trials[("bad", 1)]]  # … and a stopped configuration stays stopped
+    assert decide(restarted, tc, trials, "mid", 1, {2: 0.7}) == [TrialScheduler.CONTINUE]
+    assert restarted.choose_trial_to_run(tc) is trials[("mid", 1)]  # released once judged
+    assert restarted.record[1] == s.record[1] | {"mid": pytest.approx(0.7)}

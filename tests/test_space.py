@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from raycity.config import preset
-from raycity.space import (
+from raycity.tune.space import (
     SPACES_DIR,
     TUNABLE,
     SpaceError,

@@ -43,19 +43,22 @@ def test_sweep_ranks_configurations_by_fold_mean(sweep_run):
 def test_every_fold_of_a_configuration_shares_its_hyperparameters(sweep_run):
     _, run_dir = sweep_run
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    assert {"config_id", "lr", "dropout"} <= set(epochs.columns)
-    per_config = epochs.groupby("config_id")[["lr", "dropout"]].nunique()
+    assert {"config_id", "lr", "hp_lr", "hp_dropout"} <= set(epochs.columns)
+    per_config = epochs.groupby("config_id")[["hp_lr", "hp_dropout"]].nunique()
     assert (per_config == 1).all().all()
     assert sorted(epochs.groupby("config_id")["fold"].nunique()) == [2, 2]
-    assert sorted(epochs.groupby("config_id")["dropout"].first()) == [0.0, 0.3]
-    assert epochs.groupby("config_id")["lr"].first().nunique() == 2  # own draw per configuration
-    # what each trial actually trained with, as Tune recorded it
+    assert sorted(epochs.groupby("config_id")["hp_dropout"].first()) == [0.0, 0.3]
+    assert epochs.groupby("config_id")["hp_lr"].first().nunique() == 2  # own draw per config
+    # what each trial actually trained with: the optimizer's lr it reported at epoch 1
+    first = epochs[epochs["epoch"] == 1]
+    assert (first["lr"] == first["hp_lr"]).all()
     import json
 
     for params in (run_dir / "tune").glob("*/params.json"):
         p = json.loads(params.read_text())
-        row = epochs[(epochs["config_id"] == p["variant"]["config_id"])].iloc[0]
-        assert p["variant"]["overrides"]["lr"] == row["lr"]
+        rows = first[(first["config_id"] == p["variant"]["config_id"])
+                     & (first["fold"] == p["fold"])]
+        assert p["variant"]["overrides"]["lr"] == rows["lr"].item()
 
 
 def test_bad_space_launches_nothing(tmp_path, capsys):

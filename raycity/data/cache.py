@@ -1,10 +1,13 @@
 """Decode-once cache: images as uint8 arrays at the size training needs, labels as trainIds.
 
 Decoding a 2048×1024 Cityscapes PNG costs ~50 ms of CPU, often more than a GPU step. The cache
-holds each image at `image_size × (1 + scale_jitter)` (enough for the largest random scale) and
-each label at its original size (full-resolution scoring needs it), in memory-mapped .npy files.
-A manifest of the source files' sizes and modification times makes a stale cache detectable;
-the loader then falls back to the PNGs and says so.
+holds each image twice: at `image_size × (1 + scale_jitter)` for training (enough for the largest
+random scale) and at exactly `image_size` for validation, resized by the very call validation
+makes without the cache, so that validation inputs are bit-identical with and without it. Labels
+stay at their original size (full-resolution scoring needs them). All in memory-mapped .npy
+files. A manifest of the source files' sizes and modification times makes a stale cache
+detectable, and the arrays are checked against the manifest's shapes, so a truncated file is
+found too; the loader then falls back to the PNGs and says so.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from raycity.data.layout import DataError, Sample, find_samples, read_sample
 
 CACHE_DIRNAME = "raycity-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: validation images at exactly image_size, resized as `preprocess` does
+ARRAYS = ("images.npy", "val_images.npy", "labels.npy")
 
 
 def cache_size(image_size: tuple[int, int], scale_jitter: float) -> tuple[int, int]:
@@ -56,40 +60,53 @@ def build_cache(root: str | Path, image_size: tuple[int, int], scale_jitter: flo
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(samples), *size, 3))
-    labels = np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.uint8,
-                                       (len(samples), *label_shape))
+    shapes = {"images.npy": (len(samples), *size, 3),
+              "val_images.npy": (len(samples), *image_size, 3),
+              "labels.npy": (len(samples), *label_shape)}
+    arrays = {name: np.lib.format.open_memmap(tmp / name, "w+", np.uint8, shape)
+              for name, shape in shapes.items()}
     index = {}
     for i, sample in enumerate(samples):
         image, label = read_sample(sample)
         if tuple(label.shape) != label_shape:
             raise DataError(f"{sample.label_path}: size {tuple(label.shape)} differs from the "
                             f"first label's {label_shape}; the cache needs one label size")
-        pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-        images[i] = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR))
-        labels[i] = label.numpy()
+        arrays["images.npy"][i] = _resized(image, size)
+        arrays["val_images.npy"][i] = _resized(image, image_size)
+        arrays["labels.npy"][i] = label.numpy()
         index[sample.key] = [i, *_stamp(sample)]
         if progress:
             print(f"\rcache: {i + 1}/{len(samples)} samples", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
-    images.flush()
-    labels.flush()
-    del images, labels
+    for array in arrays.values():
+        array.flush()
+    del arrays
     manifest = {"version": FORMAT_VERSION, "image_size": list(image_size),
-                "scale_jitter": scale_jitter, "cache_size": list(size), "index": index}
+                "scale_jitter": scale_jitter, "cache_size": list(size),
+                "shapes": {name: list(shape) for name, shape in shapes.items()}, "index": index}
     (tmp / "manifest.json").write_text(json.dumps(manifest))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
 
 
-class CachedReader:
-    """Drop-in for `read_sample`; memory maps are opened lazily in each DataLoader worker."""
+def _resized(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """H×W×3 uint8 at `size`, by the same call as `transforms.preprocess` (bit-identical)."""
+    return TF.resize(image, list(size), antialias=True).permute(1, 2, 0).numpy()
 
-    def __init__(self, directory: Path, index: dict[str, list[int]]) -> None:
+
+class CachedReader:
+    """Drop-in for `read_sample`; memory maps are opened lazily in each DataLoader worker.
+
+    `split="train"` serves the images sized for the random scale, `split="val"` the images at
+    exactly the training size (validation then only normalises them).
+    """
+
+    def __init__(self, directory: Path, index: dict[str, list[int]], split: str = "train") -> None:
         self.directory = directory
         self.rows = {key: entry[0] for key, entry in index.items()}
+        self.images_file = "val_images.npy" if split == "val" else "images.npy"
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def __getstate__(self) -> dict:
@@ -99,7 +116,7 @@ class CachedReader:
         if sample.key not in self.rows:
             return read_sample(sample)
         if self._arrays is None:
-            self._arrays = (np.load(self.directory / "images.npy", mmap_mode="r"),
+            self._arrays = (np.load(self.directory / self.images_file, mmap_mode="r"),
                             np.load(self.directory / "labels.npy", mmap_mode="r"))
         images, labels = self._arrays
         row = self.rows[sample.key]
@@ -107,26 +124,36 @@ class CachedReader:
         return image, torch.from_numpy(np.array(labels[row]))
 
 
-def cached_reader(root: str | Path, image_size: tuple[int, int],
-                  scale_jitter: float) -> CachedReader | None:
-    """The cache's reader if a fresh one exists; None (read PNGs) otherwise, warning if stale."""
+def cached_reader(root: str | Path, image_size: tuple[int, int], scale_jitter: float,
+                  split: str = "train") -> CachedReader | None:
+    """The cache's reader if a fresh one exists; None (read PNGs) otherwise, warning if stale
+    or damaged."""
     directory = cache_path(root, image_size, scale_jitter)
     manifest_file = directory / "manifest.json"
     if not manifest_file.is_file():
         return None
-    manifest = json.loads(manifest_file.read_text())
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, ValueError):
+        return _stale(directory, "its manifest.json is unreadable")
     if manifest.get("version") != FORMAT_VERSION or manifest.get("scale_jitter") != scale_jitter:
-        return _stale(directory, "it was built with other settings")
+        return _stale(directory, "it was built with other settings or by an older raycity")
+    for name, shape in manifest.get("shapes", {}).items():
+        try:  # the header read and a size check: a truncated file fails here, not in a worker
+            array = np.load(directory / name, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            return _stale(directory, f"{name} is damaged ({err})")
+        if list(array.shape) != shape:
+            return _stale(directory, f"{name} has shape {list(array.shape)}, expected {shape}")
     index = manifest["index"]
     for key, entry in index.items():
-        split, city, name = key.split("/")
-        sample = Sample(str(root), split, city, name)
+        sample = Sample(str(root), *key.split("/"))
         try:
             if _stamp(sample) != entry[1:]:
                 return _stale(directory, f"{sample.image_path.name} or its label changed")
         except FileNotFoundError:
             return _stale(directory, f"{sample.image_path} no longer exists")
-    return CachedReader(directory, index)
+    return CachedReader(directory, index, split)
 
 
 def _stale(directory: Path, why: str) -> None:

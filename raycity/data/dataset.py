@@ -1,12 +1,14 @@
-"""A map-style dataset over `Sample`s, and the collate that tolerates skipped samples."""
+"""A map-style dataset over `Sample`s, the sampler that makes every epoch reproducible, and the
+collate that tolerates skipped samples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision import tv_tensors
 
 from raycity.data.layout import DataError, Sample, read_sample
@@ -14,9 +16,45 @@ from raycity.data.layout import DataError, Sample, read_sample
 Reader = Callable[[Sample], tuple[torch.Tensor, torch.Tensor]]
 
 
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, fold, epoch, index…), the same in every process."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
+               >> np.uint64(1))
+
+
+class SeededSampler(Sampler):
+    """Yields `(index, seed)`: the epoch's order and each sample's augmentation draw derive from
+    (seed, epoch, index) alone.
+
+    DataLoader workers otherwise draw from RNGs seeded when they start, so a run resumed at
+    epoch 7 — or run with another `--num-workers` — would see other crops and flips than an
+    uninterrupted one. Here it sees exactly the same batches.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = range(self.size)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        for index in order:
+            yield index, derive_seed(self.seed, self.epoch, index)
+
+
 class SegmentationDataset(Dataset):
     """Yields {"image", "mask"} (and the untouched "full_mask" for full-resolution scoring).
 
+    Indexed by an int or by `(index, seed)` from `SeededSampler`; with a seed, the random
+    augmentations of that sample draw from it (in a forked RNG, so the training RNG is untouched).
     With `skip_bad=True` a sample that cannot be read yields None and is counted by the collate,
     so one corrupt PNG does not cost a multi-day run.
     """
@@ -33,7 +71,8 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         try:
             image, mask = self.reader(sample)
@@ -41,7 +80,13 @@ class SegmentationDataset(Dataset):
             if self.skip_bad:
                 return None
             raise
-        out_image, out_mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        if seed is None:
+            out_image, out_mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out_image, out_mask = self.transform(tv_tensors.Image(image),
+                                                     tv_tensors.Mask(mask))
         item = {"image": out_image.as_subclass(torch.Tensor),
                 "mask": out_mask.as_subclass(torch.Tensor).long(), "index": index}
         if self.full_mask:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import torch
 from torchvision.io import ImageReadMode, decode_png
 
 from raycity.constants import LABEL_TO_TRAIN, VALID_LABEL_IDS
+from raycity.errors import UserError
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GREYSCALE = 0  # PNG colour type of single-channel images
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 SPLITS = ("train", "val", "test")
@@ -23,7 +28,7 @@ _VALID_LUT = torch.zeros(256, dtype=torch.bool)
 _VALID_LUT[sorted(VALID_LABEL_IDS)] = True
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Unusable data; the message names the file or directory and what was expected."""
 
 
@@ -97,10 +102,63 @@ def read_png(path: Path, mode: ImageReadMode) -> torch.Tensor:
         raise DataError(f"{path}: unreadable or corrupt PNG ({err})") from err
 
 
+def png_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from the first 33 bytes, without decoding."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: file not found") from err
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err})") from err
+    if not head:
+        raise DataError(f"{path}: empty file (0 bytes); expected a PNG")
+    if head[:8] != PNG_SIGNATURE:
+        kind = "a JPEG" if head[:3] == b"\xff\xd8\xff" else "not a PNG"
+        raise DataError(f"{path}: {kind}; the Cityscapes layout holds PNG files")
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise DataError(f"{path}: truncated or corrupt PNG header")
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height, head[24], head[25]
+
+
+def check_pair(sample: Sample) -> None:
+    width, height, _, _ = png_header(sample.image_path)
+    label_w, label_h, _, colour = png_header(sample.label_path)
+    if colour != GREYSCALE:
+        raise DataError(f"{sample.label_path}: a colour PNG (colour type {colour}); expected "
+                        f"single-channel labelIds (*_gtFine_labelIds.png)")
+    if (label_w, label_h) != (width, height):
+        raise DataError(f"{sample.label_path}: size {label_h}×{label_w} differs from its "
+                        f"image's {height}×{width} ({sample.image_path})")
+
+
+def check_pairs(samples: list[Sample], skip_bad: bool = False) -> list[DataError]:
+    """Every pair's headers, before anything launches: both files present, non-empty PNGs, the
+    label single-channel and the size of its image. Header reads only, so 5,000 pairs take
+    seconds; decoding (label ids) stays in `raycity.data check` and in the trials. Raises the
+    first problem, or with `skip_bad` returns them all (those samples will be skipped)."""
+    problems = []
+    for sample in samples:
+        try:
+            check_pair(sample)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            problems.append(err)
+    return problems
+
+
 def read_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 image (3×H×W) and trainId mask (H×W), validated; DataError names the file."""
     image = read_png(sample.image_path, ImageReadMode.RGB)
     label_ids = read_png(sample.label_path, ImageReadMode.GRAY)[0]
+    if label_ids.dtype != torch.uint8:  # a 16-bit PNG
+        top = int(label_ids.max()) if label_ids.numel() else 0
+        if top > 255:
+            raise DataError(f"{sample.label_path}: a 16-bit label with ids up to {top}; expected "
+                            f"8-bit Cityscapes labelIds 0…33")
+        label_ids = label_ids.to(torch.uint8)
     if image.shape[-2:] != label_ids.shape:
         raise DataError(f"{sample.label_path}: size {tuple(label_ids.shape)} differs from its "
                         f"image's {tuple(image.shape[-2:])} ({sample.image_path})")
@@ -109,3 +167,15 @@ def read_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{sample.label_path}: label ids {bad} are not in the Cityscapes table "
                         f"(expected labelIds 0…33, not trainIds or colours)")
     return image, torch.from_numpy(LABEL_TO_TRAIN[label_ids.numpy()])
+
+
+@functools.lru_cache(maxsize=8)
+def first_label_size(root: str) -> tuple[int, int] | None:
+    """(height, width) of the train labels, for Table 1's caption; read once per data root."""
+    try:
+        from PIL import Image
+
+        with Image.open(find_samples(root, "train")[0].label_path) as im:
+            return im.height, im.width
+    except Exception:  # only a caption; never fail a run over it
+        return None

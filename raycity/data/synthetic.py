@@ -13,12 +13,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from raycity.constants import LABEL_COLORS
 from raycity.data.layout import IMAGE_SUFFIX, LABEL_SUFFIX
+
+if TYPE_CHECKING:
+    from raycity.config import Config
 
 # Cityscapes label ids used by the painter.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
@@ -118,3 +122,13 @@ def synthetic_root(counts: dict[str, int], size: tuple[int, int], seed: int = 0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def dataset_root(cfg: Config) -> tuple[str, bool]:
+    """(root, synthetic?) — the user's data, or the generated scenes (made again if missing, so
+    a demo run resumes or is evaluated on another machine)."""
+    if cfg.data_root:
+        return os.path.abspath(cfg.data_root), False
+    root = synthetic_root({"train": cfg.synthetic_train, "val": cfg.synthetic_val},
+                          cfg.synthetic_size, seed=cfg.seed)
+    return str(root), True

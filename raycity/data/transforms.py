@@ -40,6 +40,22 @@ def normalize() -> list[v2.Transform]:
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
+def preprocess(image: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
+    """uint8 3×H×W → the network's input at `size`.
+
+    Resize first (on uint8, antialiased), then normalise: the one order that validation,
+    `raycity.evaluate`, `raycity.predict` and the decode-once cache all use, so that they feed
+    the network bit-identical tensors and score the same mIoU for the same checkpoint.
+    """
+    image = TF.resize(image.as_subclass(torch.Tensor), list(size), antialias=True)
+    return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
+    """Labels at `size` by nearest neighbour (never blended): what low-res mIoU compares with."""
+    return TF.resize(tv_tensors.Mask(mask), list(size)).as_subclass(torch.Tensor)
+
+
 def train_transform(image_size: tuple[int, int], scale_jitter: float = 0.2,
                     color_jitter: float = 0.2, hflip: bool = True) -> v2.Compose:
     """Random scale, pad (image 0, mask 255) and crop back to `image_size`, flip, jitter."""
@@ -55,5 +71,15 @@ def train_transform(image_size: tuple[int, int], scale_jitter: float = 0.2,
     return v2.Compose(steps + normalize())
 
 
-def val_transform(image_size: tuple[int, int]) -> v2.Compose:
-    return v2.Compose([v2.Resize(image_size, antialias=True), *normalize()])
+class ValTransform:
+    """The seed's validation transform (resize to `image_size`, normalise) as `preprocess`."""
+
+    def __init__(self, image_size: tuple[int, int]) -> None:
+        self.image_size = image_size
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return preprocess(image, self.image_size), resize_mask(mask, self.image_size)
+
+
+def val_transform(image_size: tuple[int, int]) -> ValTransform:
+    return ValTransform(image_size)

@@ -19,8 +19,9 @@ import yaml
 from ray import tune
 
 from raycity.config import Config, ConfigError
+from raycity.errors import UserError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 # Config fields a space may tune, with the type each value must have.
 TUNABLE: dict[str, type] = {
@@ -29,10 +30,11 @@ TUNABLE: dict[str, type] = {
     "color_jitter": float,
 }
 METRICS = ("miou_full", "miou_low")
-TOP_KEYS = ("params", "num_samples", "metric", "scheduler", "seed")
+SEARCHES = ("random", "grid", "optuna")
+TOP_KEYS = ("params", "num_samples", "metric", "scheduler", "seed", "search")
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A search space that cannot be used; the message names the file and the key."""
 
 
@@ -45,6 +47,31 @@ class Space:
     scheduler: dict[str, Any] | None = None
     seed: int = 0
     grid: dict[str, list] = field(default_factory=dict)
+    specs: dict[str, tuple[str, list]] = field(default_factory=dict)  # name → (sampler, args)
+    search: str | None = None  # random | grid | optuna; None: what the samplers imply
+
+    @property
+    def method(self) -> str:
+        """The search the space asks for: random when any value is drawn, else grid."""
+        if self.search:
+            return self.search
+        return "grid" if all(s in ("grid", "choice") for s, _ in self.specs.values()) \
+            and len(self.grid) == len(self.specs) else "random"
+
+    def extremes(self) -> list[dict[str, Any]]:
+        """Every value a field can take at its limits (each listed value, each bound), one field
+        at a time: what must make a valid Config before a searcher may propose anything."""
+        out = []
+        for name, (sampler, args) in self.specs.items():
+            values = args if sampler in ("grid", "choice") else args[:2]
+            if sampler == "randint":
+                values = [args[0], args[1] - 1]  # [low, high)
+            out += [{name: TUNABLE[name](v)} for v in values]
+        return out
+
+    @property
+    def log_scaled(self) -> list[str]:
+        return [name for name, (sampler, _) in self.specs.items() if sampler == "loguniform"]
 
 
 def find_space(name: str) -> Path:
@@ -82,7 +109,7 @@ def parse_space(raw: Any, path: str = "<space>") -> Space:
     if not isinstance(params_raw, dict) or not params_raw:
         raise err("params", "expected a mapping of config fields to samplers, e.g. "
                             "{lr: {loguniform: [1.0e-5, 1.0e-3]}}")
-    params, grid = {}, {}
+    params, grid, specs = {}, {}, {}
     for name, spec in params_raw.items():
         key = f"params.{name}"
         if name not in TUNABLE:
@@ -98,6 +125,7 @@ def parse_space(raw: Any, path: str = "<space>") -> Space:
             if not isinstance(args, list) or not args:
                 raise err(key, "expected a non-empty list of values")
             values = [_number(v, kind, key, err) for v in args]
+            specs[name] = (sampler, values)
             if sampler == "grid":
                 grid[name] = values
                 params[name] = tune.grid_search(values)
@@ -120,6 +148,7 @@ def parse_space(raw: Any, path: str = "<space>") -> Space:
             raise err(key, f"{name} is an integer; use randint, choice or grid")
         if sampler == "quniform" and nums[2] <= 0:
             raise err(key, "q must be > 0")
+        specs[name] = (sampler, nums)
         if sampler == "uniform":
             params[name] = tune.uniform(low, high)
         elif sampler == "loguniform":
@@ -140,7 +169,10 @@ def parse_space(raw: Any, path: str = "<space>") -> Space:
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise err("seed", f"expected an integer, got {seed!r}")
-    return Space(path, params, num_samples, metric, scheduler, seed, grid)
+    search = raw.get("search")
+    if search is not None and search not in SEARCHES:
+        raise err("search", f"expected one of {list(SEARCHES)}, got {search!r}")
+    return Space(path, params, num_samples, metric, scheduler, seed, grid, specs, search)
 
 
 def _number(value: Any, kind: type, key: str, err) -> Any:
@@ -182,6 +214,51 @@ def sample_configurations(space: Space, num_samples: int | None = None) -> list[
                     values[name] = TUNABLE[name](drawn.item() if hasattr(drawn, "item") else drawn)
             out.append({k: values[k] for k in space.params})
     return out
+
+
+def grid_points(sampler: str, args: list, points: int) -> list:
+    """`points` values spread over a domain: the centres of equal cells (in log space for
+    loguniform), so that a grid never sits on the bounds; integers rounded and deduplicated."""
+    if sampler in ("grid", "choice"):
+        return list(args)
+    low, high = args[0], args[1]
+    if sampler == "loguniform":
+        values = np.exp(np.log(low) + (np.arange(points) + 0.5) * np.log(high / low) / points)
+    elif sampler == "randint":  # [low, high)
+        values = low + (np.arange(points) + 0.5) * (high - low) / points - 0.5
+        return sorted({int(round(v)) for v in values})
+    else:
+        values = low + (np.arange(points) + 0.5) * (high - low) / points
+    if sampler == "quniform":
+        values = np.unique(np.round(values / args[2]) * args[2])
+    return [float(v) for v in values]
+
+
+def grid_configurations(space: Space, num_samples: int | None = None) -> list[dict[str, Any]]:
+    """A grid over the whole space: listed values as they are, and each drawn domain cut into
+    points so that the drawn part of the grid has at most `num_samples` cells (e.g. 24 → 6 × 4
+    for two continuous fields), as balanced as the budget allows."""
+    budget = num_samples or space.num_samples
+    drawn = [n for n, (sampler, _) in space.specs.items() if sampler not in ("grid", "choice")]
+    points = dict.fromkeys(drawn, 1)
+    grown = True
+    while grown and drawn:
+        grown = False
+        for name in sorted(drawn, key=lambda n: points[n]):  # grow the thinnest axis first
+            if np.prod([points[n] + (n == name) for n in drawn]) <= budget:
+                points[name] += 1
+                grown = True
+                break
+    axes = {name: grid_points(sampler, args, points.get(name, 0))
+            for name, (sampler, args) in space.specs.items()}
+    return [{name: TUNABLE[name](v) for name, v in zip(axes, combo)}
+            for combo in itertools.product(*axes.values())]
+
+
+def optuna_space(space: Space) -> dict[str, Any]:
+    """The same vocabulary as Tune domains for Optuna: listed grids become categorical."""
+    return {name: tune.choice(space.grid[name]) if name in space.grid else domain
+            for name, domain in space.params.items()}
 
 
 def check_against(cfg: Config, configurations: list[dict[str, Any]], path: str) -> None:

@@ -6,6 +6,10 @@ the unit is a configuration's K folds: a fold that reaches a rung pauses (Tune k
 checkpoint and frees its resources) until its siblings get there; then the fold mean is judged
 against the other configurations' fold means at that rung, and all K folds resume or stop
 together.
+
+Its state (pending rungs, rung records, stopped configurations, paused folds) survives a driver
+restart through `get_state` / `set_state` (Tune restores searchers and callbacks, not
+schedulers; `recorder.SchedulerState` carries it).
 """
 
 from __future__ import annotations
@@ -46,7 +50,27 @@ class FoldMeanASHA(FIFOScheduler):
         self.record: dict[int, dict[str, float]] = defaultdict(dict)
         self.stopped: dict[str, int] = {}  # config_id → rung at which it was stopped
         self.waiting: dict[str, tuple[str, int]] = {}  # paused trial_id → (config_id, rung)
-        self.broken: set[str] = set()  # configurations with a failed fold: no longer judged
+        self.failed: dict[str, str] = {}  # trial_id → config_id of folds that failed for good
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pending": {r: {c: dict(f) for c, f in cs.items()} for r, cs in self.pending.items()},
+                "record": {r: dict(cs) for r, cs in self.record.items()},
+                "stopped": dict(self.stopped), "waiting": dict(self.waiting),
+                "failed": dict(self.failed)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for rung, configs in state["pending"].items():
+            for config_id, folds in configs.items():
+                self.pending[int(rung)][config_id].update(folds)
+        for rung, configs in state["record"].items():
+            self.record[int(rung)].update(configs)
+        self.stopped.update(state["stopped"])
+        self.waiting.update({t: (c, int(r)) for t, (c, r) in state["waiting"].items()})
+        self.failed.update(state["failed"])
+
+    def broken(self, config_id: str) -> bool:
+        """A configuration with a fold that failed for good can never complete a rung."""
+        return config_id in self.failed.values()
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         self._metric = metric or self._metric
@@ -57,11 +81,11 @@ class FoldMeanASHA(FIFOScheduler):
         config_id, fold = config_of(trial)
         if config_id in self.stopped:
             return TrialScheduler.STOP
-        if config_id in self.broken or self._metric not in result or self.time_attr not in result:
+        if self.broken(config_id) or self._metric not in result or self.time_attr not in result:
             return TrialScheduler.CONTINUE
         rung = int(result[self.time_attr])
-        if rung not in self.rungs:
-            return TrialScheduler.CONTINUE
+        if rung not in self.rungs or config_id in self.record[rung]:
+            return TrialScheduler.CONTINUE  # e.g. a retried fold reporting a decided rung again
         self.pending[rung][config_id][fold] = float(result[self._metric])
         if len(self.pending[rung][config_id]) < self.folds:
             self.waiting[trial.trial_id] = (config_id, rung)
@@ -92,22 +116,29 @@ class FoldMeanASHA(FIFOScheduler):
         if wait is None:
             return True
         config_id, rung = wait
-        return config_id in self.broken or config_id in self.record[rung]
+        return self.broken(config_id) or config_id in self.record[rung]
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        for trial in tune_controller.get_trials():
-            if trial.status == Trial.PENDING and config_of(trial)[0] not in self.stopped:
-                return trial
-        for trial in tune_controller.get_trials():
-            if trial.status == Trial.PAUSED and config_of(trial)[0] not in self.stopped \
-                    and self._released(trial):
+        # After a resume, Tune brings paused folds back as PENDING: they still wait for their
+        # siblings, and folds of a configuration stopped meanwhile are stopped now.
+        for trial in list(tune_controller.get_trials()):
+            if trial.status in (Trial.PENDING, Trial.PAUSED) and \
+                    config_of(trial)[0] in self.stopped:
                 self.waiting.pop(trial.trial_id, None)
-                return trial
+                tune_controller.stop_trial(trial)
+        for status in (Trial.PENDING, Trial.PAUSED):
+            for trial in tune_controller.get_trials():
+                if trial.status == status and self._released(trial):
+                    self.waiting.pop(trial.trial_id, None)
+                    return trial
         return None
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        # a configuration with a failed fold can never complete a rung: let its folds run on
-        self.broken.add(config_of(trial)[0])
+        # Tune calls this for a failure it will retry too; `on_trial_add` follows at once then.
+        self.failed[trial.trial_id] = config_of(trial)[0]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self.failed.pop(trial.trial_id, None)  # requeued for a retry: it may still finish
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self.waiting.pop(trial.trial_id, None)

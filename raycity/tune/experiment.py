@@ -1,0 +1,271 @@
+"""Runs variants × folds as Ray Tune trials and keeps `results/<name>/` current as they report.
+
+Shared by `raycity.cv` (one variant) and `raycity.sweep` (many). Everything below `run_fold`
+is plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raycity.config import Config, RunOptions, config_json
+from raycity.data import find_samples
+from raycity.data.layout import check_pairs
+from raycity.data.synthetic import dataset_root
+from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
+from raycity.model import check_pretrained
+from raycity.results import atomic_write_text
+from raycity.training import run_fold
+from raycity.tune.driver import RayLogs, StopSignals, connect_ray
+from raycity.tune.recorder import (
+    RunRecorder,
+    SchedulerState,
+    load_epochs,
+    recording,
+    short_error,
+    trial_key,
+    write_tables,
+)
+from raycity.tune.resources import (
+    TrialPlan,
+    check_placeable,
+    cluster_nodes,
+    default_gpus_per_trial,
+    plan_trials,
+    trial_memory_bytes,
+)
+from raycity.tune.rundir import (
+    EXPERIMENT_NAME,
+    RunState,
+    Variant,
+    check_resume_flags,
+    check_run_dir,
+    claim_storage,
+    create_run_dir,
+)
+from raycity.tune.searcher import SearchPlan, fan_out
+from raycity.tune.trainable import STATE_DIR
+
+__all__ = ["Variant", "run_experiment"]
+
+
+def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant], *,
+                   hparams: Sequence[str] = (), metric: str = "miou_full", scheduler: Any = None,
+                   search: SearchPlan | None = None, explicit: dict[str, Any] | None = None,
+                   fold_fn: Callable[..., None] = run_fold,
+                   echo: Callable[[str], None] | None = None) -> tuple[Path, pd.DataFrame | None]:
+    """Train every variant on every fold (or, with `search`, every configuration it proposes);
+    returns the run dir and the final summary.
+
+    `fold_fn` is `run_fold`; tests and benchmarks pass stand-ins with its signature (a loss that
+    turns NaN, an epoch of a given length). The CLIs never set it. Raises `Interrupted` after a
+    SIGINT / SIGTERM once everything is saved for `--resume`.
+    """
+    # Tune's own console blocks point at its temp folders; raycity prints one line per epoch
+    # and where the results are. (Setting RAY_AIR_NEW_OUTPUT=1 brings Tune's back.)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every epoch is the point; Tune's warnings about it are noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
+    echo = echo or (lambda line: print(line, flush=True))
+    stop, logs = StopSignals(), RayLogs(console=opts.ray_logs)
+    stop.install()
+    try:
+        return _run(kind, cfg, opts, variants, hparams, metric, scheduler, search,
+                    explicit or {}, fold_fn, echo, stop, logs)
+    finally:
+        stop.restore()
+        logs.close()
+
+
+def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
+         hparams: Sequence[str], metric: str, scheduler: Any, search: SearchPlan | None,
+         explicit: dict[str, Any],
+         fold_fn: Callable[..., None], echo: Callable[[str], None], stop: StopSignals,
+         logs: RayLogs) -> tuple[Path, pd.DataFrame | None]:
+    from ray import tune
+
+    run_dir = check_run_dir(opts)
+    if opts.resume:
+        state = RunState.load(run_dir)
+        check_resume_flags(state.config, explicit)
+        folds, _ = load_folds(run_dir / "folds.json")
+        if state.synthetic:  # generated again where the run now lies, if need be
+            state.data_root = dataset_root(state.config)[0]
+        if state.finished:
+            echo(f"{run_dir}: this run has finished; rebuilding any missing tables and figures")
+            return run_dir, write_tables(run_dir, state, load_epochs(run_dir, state, echo), {})
+    else:
+        # Everything that can be wrong with the data or the weights is found before anything
+        # is written or launched.
+        root, synthetic = dataset_root(cfg)
+        samples = find_samples(root, "train")
+        bad = check_pairs(samples, skip_bad=cfg.skip_bad_samples)
+        if bad:
+            echo(f"--skip-bad-samples: {len(bad)} unreadable pair(s) will be skipped and "
+                 f"counted, e.g. {bad[0]}")
+        check_pretrained(cfg.pretrained)
+        folds = make_folds([s.key for s in samples], cfg.folds, cfg.seed,
+                           groups=[s.city for s in samples] if cfg.group_by == "city" else None)
+        storage = opts.storage_path or None
+        state = RunState(kind, cfg, list(variants), root, synthetic, storage,
+                         opts.name if storage else EXPERIMENT_NAME, list(hparams), metric)
+        if search is not None:
+            state.search = {"method": search.method, "configurations": search.configurations,
+                            "max_concurrent": search.max_concurrent, "seed": search.seed,
+                            "log_scaled": search.log_scaled}
+    cfg = state.config
+    configurations = state.search.get("configurations", len(state.variants))
+    if state.synthetic:
+        echo(banner(state.data_root))
+
+    started = connect_ray(opts)
+    stop.install()  # ray.init sets a SIGTERM handler of its own …
+    logs.apply()  # … and resets the "ray" logger
+    try:
+        plan = resource_plan(cfg, opts, configurations * len(folds))
+        echo(f"{configurations * len(folds)} trial(s), {plan.concurrent} at a time; each "
+             f"{plan.cpus:g} CPU(s), {plan.gpus:g} GPU(s), {plan.memory / 2**30:.1f} GiB")
+        if search is not None and search.max_concurrent is None:  # keep every trial slot busy
+            search.max_concurrent = state.search["max_concurrent"] = \
+                -(-plan.concurrent // len(folds))
+        if not opts.resume:
+            create_run_dir(run_dir)
+            save_folds(run_dir / "folds.json", folds, {"k": cfg.folds, "seed": cfg.seed,
+                                                       "group_by": cfg.group_by,
+                                                       "data_root": state.data_root})
+            atomic_write_text(run_dir / "config.json", config_json(cfg))
+            atomic_write_text(run_dir / "run.json", state.to_json())
+        logs.to_file(run_dir)
+        claim_storage(state, run_dir)
+        if opts.resume and not (run_dir / "epochs.parquet").is_file():
+            write_tables(run_dir, state, load_epochs(run_dir, state, echo), {})
+        trainable = tune.with_resources(
+            tune.with_parameters(_train_fold(), cfg=cfg, folds={f.fold: f for f in folds},
+                                 data_root=state.data_root, fold_fn=fold_fn,
+                                 sync_epochs=tuple(getattr(scheduler, "rungs", ()))),
+            {"cpu": plan.cpus, "gpu": plan.gpus, "memory": plan.memory})
+        t0 = time.time()
+        with recording(run_dir, state, echo, stop), stop.tune_loop():
+            path = state.experiment_path(run_dir)
+            if opts.resume and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                           resume_errored=True)
+            else:
+                tuner = build_tuner(trainable, state, run_dir, folds, opts, scheduler, search)
+            grid = tuner.fit()
+        echo(f"{len(grid)} trial(s) ended in {time.time() - t0:.0f} s")
+        status = {}
+        for result in grid:
+            key = (result.config["variant"]["config_id"], int(result.config["fold"]))
+            if result.error is not None:
+                status[key] = f"failed: {short_error(result.error)}"
+            else:
+                export_best(run_dir, state, key, result)
+        if not status:
+            state.finished = True
+            atomic_write_text(run_dir / "run.json", state.to_json())
+            if not opts.keep_trial_checkpoints:
+                for result in grid:
+                    drop_trial_checkpoints(result)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return run_dir, write_tables(run_dir, state, load_epochs(run_dir, state, echo), status)
+
+
+def resource_plan(cfg: Config, opts: RunOptions, trials: int) -> TrialPlan:
+    """What each fold asks Ray for, from what the cluster has; refused here, in seconds, if no
+    node could ever hold one (Ray would wait for it forever)."""
+    nodes = cluster_nodes()
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else \
+        default_gpus_per_trial(nodes)
+    memory = trial_memory_bytes(cfg, on_gpu=gpus > 0)
+    plan = plan_trials(nodes, trials, gpus, memory, opts.cpus_per_trial)
+    check_placeable(nodes, plan.cpus, gpus, memory)
+    return plan
+
+
+def _train_fold():
+    from raycity.tune.trainable import train_fold
+
+    return train_fold
+
+
+def build_tuner(trainable: Any, state: RunState, run_dir: Path, folds: Sequence[FoldSplit],
+                opts: RunOptions, scheduler: Any, search: SearchPlan | None):
+    from ray import tune
+
+    def name(trial: Any) -> str:
+        config_id, fold = trial_key(trial)
+        return f"{config_id}_fold{fold}_{trial.trial_id}"
+
+    callbacks = [RunRecorder()] + ([SchedulerState(scheduler)] if scheduler is not None else [])
+    if search is None:  # every variant × every fold, as Tune's grid
+        space = {"variant": tune.grid_search([v.__dict__ for v in state.variants]),
+                 "fold": tune.grid_search([f.fold for f in folds])}
+        searching: dict[str, Any] = {}
+    else:  # one proposal at a time, fanned out to the folds
+        space = {}
+        searching = {"search_alg": fan_out(search, [f.fold for f in folds], state.metric),
+                     "num_samples": search.configurations * len(folds)}
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(scheduler=scheduler, trial_name_creator=name,
+                                    trial_dirname_creator=name, reuse_actors=False, **searching),
+        run_config=tune.RunConfig(
+            name=state.experiment_name, storage_path=state.storage_path(run_dir),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            # Tune's checkpoints only point at raycity's state files (a few bytes each).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks, verbose=0),
+    )
+
+
+def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: Any) -> None:
+    """The fold's best weights (with their config, fold, epoch and metrics), written by the trial
+    into its storage, as checkpoints/[<config>_]fold<k>.pt."""
+    import pyarrow.fs
+
+    fs, directory = result.filesystem, f"{result.path}/{STATE_DIR}"
+    best = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(
+        directory, allow_not_found=True)) if i.base_name.startswith("best-"))
+    if not best:
+        return
+    prefix = "" if state.kind == "cv" else f"{key[0]}_"
+    target = run_dir / "checkpoints" / f"{prefix}fold{key[1]}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    pyarrow.fs.copy_files(best[-1], str(tmp), source_filesystem=fs,
+                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+    os.replace(tmp, target)
+
+
+def drop_trial_checkpoints(result: Any) -> None:
+    """The state files (1.8 GB each: weights + Adam state) and Tune's pointers to them exist to
+    resume; once every fold has finished and its best model is exported, they are only disk."""
+    import pyarrow.fs
+
+    fs = result.filesystem
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(result.path, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and (
+                info.base_name.startswith("checkpoint_") or info.base_name == STATE_DIR):
+            fs.delete_dir(info.path)
+
+
+def banner(root: str) -> str:
+    bar = "=" * 78
+    return (f"{bar}\nDEMO on synthetic street scenes (generated in {root}).\n"
+            f"No Cityscapes data was given. For the real study:\n"
+            f"  python -m raycity.cv --data-root /path/to/cityscapes --preset seed\n"
+            f"(or set $CITYSCAPES_DATASET). The folder must hold leftImg8bit/ and gtFine/.\n{bar}")
+

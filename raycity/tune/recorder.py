@@ -1,0 +1,263 @@
+"""Driver-side: Tune callbacks that keep `results/<name>/` current as trials report.
+
+A resumed experiment gets its callbacks back from Tune's pickle, made when the run started —
+possibly in another directory, if the run was since moved or copied. So the recorder pickles
+nothing and binds, when Tune sets it up, to the run this driver is recording now
+(`recording(...)`), and every path it writes comes from that run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray import tune
+
+from raycity.data.layout import first_label_size
+from raycity.results import (
+    EPOCH_COLUMNS,
+    atomic_write_parquet,
+    atomic_write_text,
+    epochs_frame,
+    summarize,
+    table1_markdown,
+)
+from raycity.tune.driver import StopSignals
+from raycity.tune.rundir import RunState
+from raycity.tune.trainable import USER_ERROR
+
+
+@dataclass
+class Recording:
+    run_dir: Path
+    state: RunState
+    echo: Callable[[str], None]
+    stop: StopSignals | None = None
+
+
+_current: Recording | None = None
+
+
+@contextlib.contextmanager
+def recording(run_dir: Path, state: RunState, echo: Callable[[str], None],
+              stop: StopSignals | None = None) -> Iterator[None]:
+    """The run that recorders in this driver write to while Tune runs."""
+    global _current
+    _current = Recording(run_dir, state, echo, stop)
+    try:
+        yield
+    finally:
+        _current = None
+
+
+def trial_key(trial: Any) -> tuple[str, int]:
+    return trial.config["variant"]["config_id"], int(trial.config["fold"])
+
+
+def short_error(text: object) -> str:
+    """The line of a trial's traceback that says what went wrong."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]:
+            return line
+    return lines[-1] if lines else "unknown error"
+
+
+def hp_column(name: str) -> str:
+    """The column of a tuned value: `lr` is the rate in effect at that epoch, `hp_lr` the one a
+    configuration started with."""
+    return f"hp_{name}"
+
+
+def write_told(told: list[dict]) -> None:
+    """searcher.json: what a sweep's searcher was told, configuration by configuration, in order
+    (the figure's best-so-far curve, and the check that it heard the fold means)."""
+    if _current is not None:
+        atomic_write_text(_current.run_dir / "searcher.json", json.dumps(told, indent=1))
+
+
+class RunRecorder(tune.Callback):
+    """Rewrites epochs.parquet and Table 1 atomically on every result; one line per epoch, one
+    line per failed fold; lets a trial's own mistake (bad data, weights, a diverging loss) end it
+    without the retries that would only repeat it."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.run: Recording | None = None
+        self.rows: list[dict] = []
+        self.status: dict[tuple[str, int], str] = {}
+        self.user_errors: dict[tuple[str, int], str] = {}
+        self.retries: dict[str, int] = {}  # trial id → max_failures before a user error
+        self.writers: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._reset()
+
+    def setup(self, **info: Any) -> None:
+        if _current is None:
+            raise RuntimeError("RunRecorder used outside `recording(...)`")
+        self.run = _current
+        run_dir = self.run.run_dir
+        if not self.rows:  # a resumed driver continues the table
+            self.rows = load_epochs(run_dir, self.run.state, self.run.echo).to_dict("records")
+        status_file = run_dir / "status.json"
+        if status_file.is_file():
+            self.status = {(c, int(f)): s for c, f, s in json.loads(status_file.read_text())}
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.run.stop is not None:
+            self.run.stop.forward_to_tune()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        key = trial_key(trial)
+        if USER_ERROR in result:
+            self.user_errors[key] = result[USER_ERROR]
+            self.retries[trial.trial_id] = trial.max_failures
+            trial.max_failures = 0  # the error it raises next is final: a retry repeats it
+            return
+        state = self.run.state
+        overrides = trial.config["variant"]["overrides"]
+        row = {k: result[k] for k in EPOCH_COLUMNS if k in result}
+        row.update({"config_id": key[0], "fold": key[1],
+                    **{hp_column(h): overrides.get(h, getattr(state.config, h))
+                       for h in state.hparams}})
+        self.rows.append(row)
+        self.status.pop(key, None)
+        self.flush(key[1])
+        self.tensorboard(key, row)
+        self.run.echo(progress_line(state, key, row))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        key = trial_key(trial)
+        if trial.trial_id in self.retries:  # give a later --resume its usual retries back
+            trial.max_failures = self.retries.pop(trial.trial_id)
+        message = self.user_errors.get(key) or short_error(trial.get_error())
+        self.status[key] = f"failed: {message}"
+        self.run.echo(f"[{who(self.run.state, key)}] FAILED: {message}")
+        self.flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.flush()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+    def tensorboard(self, key: tuple[str, int], row: dict) -> None:
+        from tensorboardX import SummaryWriter
+
+        name = f"{key[0]}_fold{key[1]}"
+        if name not in self.writers:
+            self.writers[name] = SummaryWriter(str(self.run.run_dir / "tensorboard" / name))
+        w, step = self.writers[name], int(row["epoch"])
+        for metric in ("train_loss", "val_loss", "miou_low", "miou_full", "lr"):
+            if metric in row:
+                w.add_scalar(metric, row[metric], step)
+        w.flush()
+
+    def flush(self, fold: int | None = None) -> None:
+        run_dir, state = self.run.run_dir, self.run.state
+        epochs = epochs_frame(self.rows)
+        write_tables(run_dir, state, epochs, self.status)
+        if fold is not None and state.kind == "cv":  # curves follow the run as it goes
+            from raycity.figures import cv_history, fold_history
+
+            fold_history(epochs, fold, run_dir / "figures" / f"fold{fold}_history.png")
+            cv_history(epochs, run_dir / "figures" / "cv_history.png")
+
+
+class SchedulerState(tune.Callback):
+    """Carries a scheduler's state through Tune's experiment snapshots: Tune restores searchers
+    and callbacks on resume, but not schedulers, and a fold paused at an early-stopping rung
+    would otherwise wait forever for siblings whose results were forgotten."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict | None:
+        return {"scheduler": self.scheduler.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.set_state(state["scheduler"])
+
+
+def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None]) -> pd.DataFrame:
+    """epochs.parquet, or — if it is missing or damaged — the same rows rebuilt from what Tune
+    recorded for every trial (its result.json), so that a resume never summarises fewer epochs
+    than were trained."""
+    path = run_dir / "epochs.parquet"
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        reason = "missing"
+    except (OSError, ValueError) as err:
+        reason = f"unreadable ({err})"
+    rows = tune_records(state.experiment_path(run_dir), state)
+    if rows or reason != "missing":
+        echo(f"{path}: {reason}; rebuilt {len(rows)} epoch row(s) from Ray Tune's trial records")
+    return epochs_frame(rows)
+
+
+def tune_records(experiment_path: str, state: RunState) -> list[dict]:
+    """Every epoch each trial reported, from Tune's per-trial result.json (JSON lines)."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path \
+        else (pyarrow.fs.LocalFileSystem(), experiment_path)
+    rows = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+        if info.type != pyarrow.fs.FileType.Directory:
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/result.json") as f:
+                lines = f.read().decode().splitlines()
+        except (FileNotFoundError, OSError):
+            continue
+        for line in lines:
+            result = json.loads(line)
+            if "epoch" not in result or USER_ERROR in result:
+                continue
+            overrides = result["config"]["variant"]["overrides"]
+            rows.append({**{k: result[k] for k in EPOCH_COLUMNS if k in result},
+                         "config_id": result["config"]["variant"]["config_id"],
+                         "fold": int(result["config"]["fold"]),
+                         **{hp_column(h): overrides.get(h, getattr(state.config, h))
+                            for h in state.hparams}})
+    return rows
+
+
+def who(state: RunState, key: tuple[str, int]) -> str:
+    return f"fold {key[1]}" if state.kind == "cv" else f"{key[0]} fold {key[1]}"
+
+
+def progress_line(state: RunState, key: tuple[str, int], row: dict) -> str:
+    return (f"[{who(state, key)}] epoch {row['epoch']}/{state.config.epochs}  "
+            f"loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
+            f"mIoU low {row['miou_low']:.4f} full {row['miou_full']:.4f}  "
+            f"lr {row['lr']:.2g}  {row['epoch_seconds']:.1f} s")
+
+
+def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
+                 status: dict[tuple[str, int], str]) -> pd.DataFrame | None:
+    atomic_write_parquet(epochs, run_dir / "epochs.parquet")
+    atomic_write_text(run_dir / "status.json", json.dumps([[c, f, s] for (c, f), s in status.items()]))
+    if epochs.empty and not status:
+        return None
+    summary = summarize(epochs, status, folds=state.config.folds,
+                        config_ids=[v.config_id for v in state.variants])
+    atomic_write_parquet(summary, run_dir / "summary.parquet")
+    if state.kind == "cv":
+        atomic_write_text(run_dir / "summary.md", table1_markdown(
+            summary, state.config.image_size, first_label_size(state.data_root)))
+    return summary

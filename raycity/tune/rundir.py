@@ -1,0 +1,147 @@
+"""A run directory and what `run.json` records, so that `--resume` can find and check it.
+
+A run on local storage is self-contained: Tune's experiment lives in `<run>/tune`, and nothing
+in `run.json` names the run's own absolute path, so a copied or moved run resumes where it lies
+and never touches another run's files. A run on shared `--storage-path` records that storage and
+leaves a marker there naming the run directory that owns it; a copy of such a run is refused on
+`--resume` instead of writing into the original's storage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raycity.config import Config, RunOptions
+from raycity.errors import UserError
+
+EXPERIMENT_NAME = "tune"  # Tune's experiment folder inside the run dir (local storage)
+OWNER_FILE = "raycity-owner.json"  # in a shared storage's experiment folder: who resumes it
+
+
+class RunError(UserError, RuntimeError):
+    """A run that cannot start or resume as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of hyperparameters; it is trained on every fold."""
+
+    config_id: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """What `run.json` records so that `--resume` can find and check everything again."""
+
+    kind: str
+    config: Config
+    variants: list[Variant]
+    data_root: str
+    synthetic: bool
+    storage: str | None  # None: local, `<run>/tune`; else shared storage (NFS path, s3://, gs://)
+    experiment_name: str
+    hparams: list[str]
+    metric: str = "miou_full"
+    search: dict[str, Any] = field(default_factory=dict)  # method, num_samples, max_concurrent…
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    finished: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "kind": self.kind, "variants": [v.__dict__ for v in self.variants],
+            "data_root": self.data_root, "synthetic": self.synthetic, "storage": self.storage,
+            "experiment_name": self.experiment_name, "hparams": self.hparams,
+            "metric": self.metric, "search": self.search, "run_id": self.run_id,
+            "finished": self.finished}, indent=1)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        try:
+            raw = json.loads((run_dir / "run.json").read_text())
+            config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+        except (OSError, ValueError, UserError) as err:
+            raise RunError(f"{run_dir}: not a raycity run that can be resumed ({err})") from err
+        storage = raw.get("storage")
+        if "storage_path" in raw and raw["experiment_name"] != EXPERIMENT_NAME:
+            storage = raw["storage_path"]  # written by raycity 0.1 for shared storage
+        return cls(raw["kind"], config, [Variant(**v) for v in raw["variants"]],
+                   raw["data_root"], raw["synthetic"], storage, raw["experiment_name"],
+                   raw["hparams"], raw.get("metric", "miou_full"), raw.get("search", {}),
+                   raw.get("run_id", ""), raw.get("finished", False))
+
+    def experiment_path(self, run_dir: Path) -> str:
+        if self.storage is None:
+            return str(run_dir.resolve() / EXPERIMENT_NAME)
+        return f"{self.storage.rstrip('/')}/{self.experiment_name}"
+
+    def storage_path(self, run_dir: Path) -> str:
+        return str(run_dir.resolve()) if self.storage is None else self.storage
+
+
+def check_run_dir(opts: RunOptions) -> Path:
+    """A new run must not silently merge into an old one; `--resume` needs one that exists."""
+    run_dir = Path(opts.run_dir)
+    if opts.resume:
+        if not (run_dir / "run.json").is_file():
+            raise RunError(f"--resume {run_dir}: no such run (no run.json there)")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not opts.overwrite:
+        raise RunError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, "
+                       f"--overwrite to replace it, or --name to start another")
+    return run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
+    """Called once Ray is up, so that a run that cannot start leaves nothing behind."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # --overwrite, checked by check_run_dir
+    run_dir.mkdir(parents=True)
+
+
+def check_resume_flags(saved: Config, explicit: dict[str, Any]) -> None:
+    """On --resume, a flag that contradicts the saved config is an error, never a silent change."""
+    clashes = {k: (v, getattr(saved, k)) for k, v in explicit.items() if getattr(saved, k) != v}
+    if clashes:
+        detail = ", ".join(f"{k}={new!r} (saved {old!r})" for k, (new, old) in clashes.items())
+        raise RunError(f"--resume continues the saved config; these flags contradict it: {detail}")
+
+
+def _owner_file(state: RunState) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(state.storage)
+    return fs, f"{path.rstrip('/')}/{state.experiment_name}/{OWNER_FILE}"
+
+
+def claim_storage(state: RunState, run_dir: Path) -> None:
+    """Shared storage: record (or check, on resume) which run directory owns the experiment.
+
+    A copied run still points at the original's storage; resuming it would train into — and
+    clean up — the original's trials. The owner file says which directory that is; if it still
+    holds the same run, this one is a copy and is refused. If it is gone, the run was moved.
+    """
+    if state.storage is None:
+        return
+    fs, path = _owner_file(state)
+    here = str(run_dir.resolve())
+    try:
+        with fs.open_input_file(path) as f:
+            owner = json.loads(f.read())
+    except (FileNotFoundError, OSError, ValueError):
+        owner = None
+    if owner and owner.get("run_dir") != here and owner.get("run_id") == state.run_id:
+        original = Path(owner["run_dir"])
+        if (original / "run.json").is_file() and \
+                json.loads((original / "run.json").read_text()).get("run_id") == state.run_id:
+            raise RunError(f"--resume {run_dir}: this is a copy of {original}, whose experiment "
+                           f"is in the shared storage {state.experiment_path(run_dir)}; resuming "
+                           f"the copy would train into the original's trials. Resume "
+                           f"{original} instead")
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps({"run_id": state.run_id, "run_dir": here}).encode())

@@ -1,0 +1,93 @@
+"""What each fold asks Ray for: placement on the GPUs Ray grants, CPU shares from how many
+trials really run at once, and requests no node can hold refused up front."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raycity.config import preset
+from raycity.model import count_parameters
+from raycity.tune.resources import (
+    GIB,
+    Node,
+    check_placeable,
+    default_gpus_per_trial,
+    plan_trials,
+    trial_memory_bytes,
+)
+from raycity.tune.rundir import RunError
+from raycity.tune.trainable import device_for
+
+GPU_TRIAL = 4 * GIB  # what a GPU trial asks of host memory, roughly
+
+
+@pytest.mark.parametrize("shape, nodes, gpus, memory, cpus, concurrent", [
+    # a laptop: 2 CPUs, no GPU, 3 folds that fit in memory together: a third of the CPUs each
+    ("CPU-only", [Node("laptop", 2, 0, 24 * GIB)], 0, 5 * GIB, 0.666, 3),
+    # one GPU, a fold per GPU: one fold at a time, and that fold gets every CPU
+    ("1 GPU × 3 folds", [Node("box", 16, 1, 128 * GIB)], 1, GPU_TRIAL, 16, 1),
+    # three GPUs: three folds at once, the CPUs split three ways
+    ("3 GPUs × 3 folds", [Node("box", 16, 3, 128 * GIB)], 1, GPU_TRIAL, 5, 3),
+    # two folds packed on one GPU: two at once, half the CPUs each
+    ("0.5 GPU packing", [Node("box", 16, 1, 128 * GIB)], 0.5, GPU_TRIAL, 8, 2),
+    # a CPU-only head in front of a worker with 2 GPUs: the head takes no fold
+    ("2-node cluster", [Node("head", 4, 0, 16 * GIB), Node("worker", 16, 2, 128 * GIB)], 1,
+     GPU_TRIAL, 8, 2),
+    # memory decides too: 2 CPUs, but only two trials fit in memory
+    ("memory-bound", [Node("laptop", 2, 0, 11 * GIB)], 0, 5 * GIB, 1, 2),
+])
+def test_cpu_share_follows_real_concurrency(shape, nodes, gpus, memory, cpus, concurrent):
+    plan = plan_trials(nodes, 3, gpus, memory)
+    assert (plan.cpus, plan.concurrent) == (cpus, concurrent), shape
+    assert plan.gpus == gpus and plan.memory == memory
+
+
+def test_flag_overrides_the_share():
+    plan = plan_trials([Node("box", 16, 3, 128 * GIB)], 3, 1, GPU_TRIAL, cpus=2)
+    assert (plan.cpus, plan.concurrent) == (2, 3)
+
+
+def test_default_gpus_come_from_the_cluster_not_the_driver():
+    assert default_gpus_per_trial([Node("head", 4, 0, GIB), Node("worker", 8, 2, GIB)]) == 1
+    assert default_gpus_per_trial([Node("laptop", 2, 0, GIB)]) == 0
+
+
+def test_unplaceable_requests_name_the_flag():
+    cpu_nodes = [Node("a", 2, 0, 16 * GIB), Node("b", 2, 0, 16 * GIB)]
+    with pytest.raises(RunError, match=r"--gpus-per-trial 1: no Ray node has a GPU"):
+        check_placeable(cpu_nodes, 1, 1, GIB)
+    with pytest.raises(RunError, match=r"--cpus-per-trial 64: the largest Ray node has 2 CPUs"):
+        check_placeable(cpu_nodes, 64, 0, GIB)
+    with pytest.raises(RunError, match=r"GiB of host memory .* offers 16.0 GiB"):
+        check_placeable(cpu_nodes, 1, 0, 20 * GIB)
+    # each fits somewhere, but not together on one node
+    mixed = [Node("gpu", 1, 1, 16 * GIB), Node("cpu", 8, 0, 16 * GIB)]
+    with pytest.raises(RunError, match="no single Ray node offers --cpus-per-trial 4, "
+                                       "--gpus-per-trial 1"):
+        check_placeable(mixed, 4, 1, GIB)
+    check_placeable(mixed, 1, 1, GIB)  # this one fits
+
+
+def test_memory_request_counts_the_checkpoint_buffers():
+    """A GPU trial holds host copies of weights + Adam moments + best weights (4 fp32 copies of
+    the 147 M parameters); a CPU trial also trains there (4 more) with its activations."""
+    with torch.device("meta"):
+        from raycity.model import UNetResNet50
+
+        params = count_parameters(UNetResNet50())
+    gpu, cpu = trial_memory_bytes(preset("seed"), True), trial_memory_bytes(preset("seed"), False)
+    assert gpu - GIB // 2 == 16 * params  # runtime + 4 copies × 4 bytes
+    assert cpu - gpu - 16 * params == int(4.86 * GIB)  # the measured 512×1024, batch-2 activations
+    assert trial_memory_bytes(preset("smoke"), False) < cpu  # activations scale with pixels
+
+
+@pytest.mark.parametrize("gpu_ids, visible, device", [
+    ([], None, "cpu"),  # granted none: the CPU, even on a node with GPUs
+    ([], "0,1", "cpu"),
+    ([3], "3", "cuda:0"),  # Ray hides the others: GPU 3 is the first one this process sees
+    ([2], "0,1,2,3", "cuda:2"),
+    (["1"], None, "cuda:1"),  # without CUDA_VISIBLE_DEVICES, the id is the index
+])
+def test_device_is_the_granted_gpu(gpu_ids, visible, device):
+    assert device_for(gpu_ids, visible) == torch.device(device)

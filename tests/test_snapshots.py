@@ -1,0 +1,138 @@
+"""A fold's checkpoints: the best epoch's weights kept exactly, at most two full states on disk,
+writes spaced by what they cost, and a resume from whatever a crash left behind."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import raycity.snapshots as snapshots
+from raycity.snapshots import FoldCheckpoints
+
+
+class Clock:
+    """Stands in for time.perf_counter: the test decides when each epoch ends."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(snapshots.time, "perf_counter", clock)
+    return clock
+
+
+def trainer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+
+    def step():
+        model(torch.randn(16, 8)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def state(epoch):
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "meta": meta(epoch)}
+
+    return model, step, state
+
+
+def meta(epoch):
+    return {"arch": "UNetResNet50", "num_classes": 19, "epoch": epoch}
+
+
+def files(ck: FoldCheckpoints, prefix: str) -> list[str]:
+    return sorted(p.name for p in __import__("pathlib").Path(ck.directory).iterdir()
+                  if p.name.startswith(prefix))
+
+
+def test_best_weights_are_the_best_epochs_exactly(tmp_path, clock):
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path))
+    scores = [0.1, 0.3, 0.2, 0.5, 0.4]
+    kept = {}
+    for epoch, score in enumerate(scores, 1):
+        step()
+        kept[epoch] = copy.deepcopy(model.state_dict())
+        clock.now += 10
+        ck.end_of_epoch(epoch, score, model.state_dict, lambda e=epoch: state(e), meta(epoch),
+                        last=epoch == len(scores))
+    ck.close()
+    best = torch.load(ck.best_file(), weights_only=True)
+    assert best["meta"]["epoch"] == 4 and ck.best_epoch == 4
+    for name, tensor in kept[4].items():  # epoch 4's weights, not the last or another epoch's
+        assert torch.equal(best["model"][name], tensor), name
+    assert not torch.equal(best["model"]["weight"], kept[5]["weight"])
+
+
+def test_at_most_two_full_states_and_writes_spaced_by_their_cost(tmp_path, clock, monkeypatch):
+    """The first state is written after epoch 1; the next only once 1/budget × the measured
+    write time has passed; a write never queues behind another; at no moment are more than two
+    full states (one complete, one being written) in the folder."""
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path), budget=0.05)
+    seen = []
+    write = ck._write
+
+    def slow_write(name, obj):
+        if name.startswith("state-"):
+            seen.append(files(ck, "state-") + files(ck, ".state-"))
+            clock.now += 2.0  # this write takes 2 s: states at least 40 s apart
+        return write(name, obj)
+
+    monkeypatch.setattr(ck, "_write", slow_write)
+    written = []
+    for epoch in range(1, 12):
+        step()
+        clock.now += 10  # 10-second epochs
+        save = ck.end_of_epoch(epoch, 0.0, model.state_dict, lambda e=epoch: state(e),
+                               meta(epoch), last=epoch == 11)
+        ck._join()  # let each background write finish before the clock moves on
+        written.append(save.saved)
+        assert len(files(ck, "state-")) <= 1 and len(files(ck, ".state-")) == 0
+    assert len(seen) == 3 and all(len(names) <= 2 for names in seen)
+    # Epoch 1 always (t = 10 s; the 2-s write moves the clock to 12); then the first epoch end
+    # ≥ 40 s after the last write began: epoch 5 (t = 52), epoch 9 (t = 94); never the last.
+    completed = sorted({name for name in written if name})
+    assert completed == ["state-000001.pt", "state-000005.pt", "state-000009.pt"]
+
+
+def test_sync_epochs_are_on_disk_before_the_epoch_is_reported(tmp_path, clock):
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path))
+    for epoch in (1, 2, 3):
+        step()
+        clock.now += 10
+        save = ck.end_of_epoch(epoch, 0.1 * epoch, model.state_dict, lambda e=epoch: state(e),
+                               meta(epoch), sync=epoch == 3)
+    assert save.saved == "state-000003.pt" and files(ck, "state-") == ["state-000003.pt"]
+    assert files(ck, "best-") == ["best-000003.pt"]  # written with it: the trial may be stopped
+
+
+def test_resume_takes_the_newest_state_and_cleans_what_a_crash_left(tmp_path, clock):
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path))
+    for epoch in (1, 2):
+        step()
+        clock.now += 10
+        ck.end_of_epoch(epoch, 0.1 * epoch, model.state_dict, lambda e=epoch: state(e),
+                        meta(epoch), sync=True)
+    after_two = copy.deepcopy(model.state_dict())
+    # a crash later: a half-written state, and best weights of an epoch after the last state
+    (tmp_path / ".state-000003.pt.tmp").write_bytes(b"half")
+    torch.save({"model": model.state_dict(), "meta": meta(3)}, tmp_path / "best-000003.pt")
+    resumed = FoldCheckpoints(str(tmp_path))
+    state2 = resumed.resume()
+    assert state2["epoch"] == 2 and torch.equal(state2["model"]["weight"], after_two["weight"])
+    assert (resumed.best_epoch, resumed.best_score) == (2, pytest.approx(0.2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-000002.pt", "state-000002.pt"]
+    assert FoldCheckpoints(str(tmp_path / "empty")).resume() is None  # nothing yet: start over

@@ -1,0 +1,128 @@
+"""The fold recipe without Ray: exact resume with loader workers, the same inputs with and
+without the cache, and the learning-rate schedule it promises."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from raycity.config import preset
+from raycity.constants import NUM_CLASSES
+from raycity.data import SegmentationDataset, find_samples, train_transform, val_transform
+from raycity.data.cache import build_cache, cached_reader
+from raycity.engine import EvalStats, TrainStats
+from raycity.folds import make_folds
+from raycity.snapshots import FoldCheckpoints
+from raycity.training import FoldSteps, build_loaders, run_fold
+
+METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
+
+
+@pytest.fixture
+def tree(tmp_path, tiny_cityscapes):
+    root = tmp_path / "cs"
+    shutil.copytree(tiny_cityscapes, root)
+    return root
+
+
+def test_resume_with_two_workers_equals_an_uninterrupted_fold(tree, tmp_path):
+    """Shuffling and every augmentation derive from (seed, fold, epoch, index), and the state
+    holds the RNGs: a fold stopped after epoch 1 and resumed with 2 DataLoader workers trains
+    epoch 2 on the same batches, to the same numbers, as one that ran through."""
+    cfg = preset("smoke", data_root=str(tree), epochs=2, num_workers=2)
+    fold = make_folds([s.key for s in find_samples(tree, "train")], 3)[0]
+    through = []
+    run_fold(cfg, fold, str(tree), lambda m, s: through.append(m),
+             checkpoints=FoldCheckpoints(str(tmp_path / "a")), cpus=2)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(metrics, saved):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_fold(cfg, fold, str(tree), stop_after_epoch_1, sync_epochs={1},
+                 checkpoints=FoldCheckpoints(str(tmp_path / "b")), cpus=2)
+    resumed = []
+    run_fold(cfg, fold, str(tree), lambda m, s: resumed.append(m),
+             checkpoints=FoldCheckpoints(str(tmp_path / "b")), cpus=2)
+    assert [m["epoch"] for m in resumed] == [2]
+    for key in METRICS:
+        assert resumed[0][key] == through[1][key], key
+
+
+def test_validation_inputs_are_identical_with_and_without_the_cache(tree):
+    samples = find_samples(tree, "train")
+    plain = SegmentationDataset(samples, val_transform((32, 64)), full_mask=True)
+    build_cache(tree, (32, 64), 0.2, progress=False)
+    cached = SegmentationDataset(samples, val_transform((32, 64)), full_mask=True,
+                                 reader=cached_reader(tree, (32, 64), 0.2, split="val"))
+    for i in range(len(samples)):
+        a, b = plain[i], cached[i]
+        for key in ("image", "mask", "full_mask"):
+            assert torch.equal(a[key], b[key]), (i, key)
+
+
+def test_training_draws_the_same_augmentations_with_and_without_the_cache(tree):
+    """Same seeds, same crops and flips: the labels (cached at full size) come out identical;
+    the images differ only by the cache's resampling."""
+    samples = find_samples(tree, "train")
+    transform = train_transform((32, 64), 0.2, 0.2, hflip=True)
+    plain = SegmentationDataset(samples, transform)
+    build_cache(tree, (32, 64), 0.2, progress=False)
+    cached = SegmentationDataset(samples, transform, reader=cached_reader(tree, (32, 64), 0.2))
+    for i in range(len(samples)):
+        for seed in (1, 2, 3):
+            a, b = plain[(i, seed)], cached[(i, seed)]
+            assert torch.equal(a["mask"], b["mask"]), (i, seed)
+            assert (a["image"] - b["image"]).abs().mean() < 0.25  # normalised units
+    assert not torch.equal(plain[(0, 1)]["mask"], plain[(0, 2)]["mask"])  # seeds matter
+
+
+def test_cache_serves_the_loaders(tree):
+    cfg = preset("smoke", data_root=str(tree))
+    split = make_folds([s.key for s in find_samples(tree, "train")], 3)[0]
+    build_cache(tree, (32, 64), 0.2, progress=False)
+    train, val = build_loaders(cfg, str(tree), split, torch.device("cpu"))
+    assert train.dataset.reader.images_file == "images.npy"
+    assert val.dataset.reader.images_file == "val_images.npy"
+
+
+def scripted_steps(val_losses: list[float], mious: list[float]) -> FoldSteps:
+    """Epochs that take no time and report the given validation loss and mIoU."""
+    epoch = {"n": 0}
+
+    def train(model, loader, optimizer, device, **kwargs):
+        epoch["n"] += 1
+        return TrainStats(1.0, 2, 0.01, 0)
+
+    def evaluate(model, loader, device, **kwargs):
+        k = epoch["n"] - 1
+        right = int(1000 * mious[k])  # a confusion matrix whose mIoU is about mious[k]
+        cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+        cm[0, 0], cm[0, 1] = right, 1000 - right
+        return EvalStats(val_losses[k], cm, cm, 2, 0.01, 0)
+
+    return FoldSteps(train, evaluate)
+
+
+@pytest.mark.parametrize("metric, losses, mious, halved_at", [
+    # val loss stops improving after epoch 2; with patience 2 the third bad epoch (5) halves
+    # the lr, so epoch 6 trains at half (the `lr` column is the rate in effect at each epoch)
+    ("val_loss", [3.0, 2.0, 2.5, 2.4, 2.3, 2.2], [0.1] * 6, 6),
+    # miou_low is maximised: best at epoch 1, bad epochs 2-4, halved from epoch 5
+    ("miou_low", [1.0] * 6, [0.5, 0.4, 0.45, 0.3, 0.3, 0.3], 5),
+])
+def test_plateau_halves_the_lr_after_patience_bad_epochs(tree, metric, losses, mious, halved_at):
+    cfg = preset("smoke", data_root=str(tree), epochs=6, plateau_metric=metric,
+                 plateau_patience=2, plateau_factor=0.5, lr=1e-3)
+    fold = make_folds([s.key for s in find_samples(tree, "train")], 3)[0]
+    lrs = []
+    run_fold(cfg, fold, str(tree), lambda m, s: lrs.append(m["lr"]),
+             steps=scripted_steps(losses, mious))
+    expected = [1e-3 if epoch < halved_at else 5e-4 for epoch in range(1, 7)]
+    np.testing.assert_allclose(lrs, expected)
