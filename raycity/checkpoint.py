@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 import torch
 
 from raycity.constants import NUM_CLASSES
-from raycity.errors import UserError
+from raycity.errors import UserError, brief
 
 ARCH = "UNetResNet50"
 FILENAME = "checkpoint.pt"
@@ -50,7 +50,7 @@ def load_checkpoint(path: str | Path | BinaryIO,
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a loadable raycity checkpoint ({err})") from err
+        raise CheckpointError(f"{path}: not a loadable raycity checkpoint ({brief(err)})") from err
     meta = state.get("meta", {}) if isinstance(state, dict) else {}
     if meta.get("arch") != ARCH or "model" not in state:
         raise CheckpointError(f"{path}: not a {ARCH} checkpoint (arch={meta.get('arch')!r})")

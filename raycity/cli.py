@@ -170,6 +170,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, FileNotFoundError)
 
 
+def keep_token_auth_quietly() -> None:
+    """Ray's token authentication stays on; saying so explicitly (RAY_AUTH_MODE=token) also
+    keeps Ray from announcing it on the console. Ray reads the mode when it is imported, so
+    this only happens before that — set later, driver and cluster would disagree."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def fail(message: object) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2

@@ -14,6 +14,7 @@ from raycity.cli import (
     build_options,
     fail,
     interrupted,
+    keep_token_auth_quietly,
     user_errors,
 )
 from raycity.tune.driver import Interrupted
@@ -29,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_token_auth_quietly()
     args = parser().parse_args(argv)
     opts = None
     try:

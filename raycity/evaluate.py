@@ -23,7 +23,13 @@ from raycity.data import find_samples
 from raycity.data.layout import Sample
 from raycity.data.synthetic import dataset_root
 from raycity.data.transforms import resize_mask
-from raycity.inference import TTA, load_model, predict_batch, readable_batches
+from raycity.inference import (
+    TTA,
+    load_model_meta,
+    predict_batch,
+    readable_batches,
+    threads_like_training,
+)
 from raycity.metrics import confusion_matrix, iou_per_class, mean_iou
 from raycity.results import atomic_write_parquet
 
@@ -79,8 +85,16 @@ def evaluate_models(checkpoints: dict[str, Path], data_root: str, split: str, tt
                     samples: Sequence[Sample] | None = None) -> pd.DataFrame:
     """One pass over the split; per model, per TTA, and the ensemble's mean softmax."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = {name: load_model(path, device) for name, path in checkpoints.items()}
-    cfg = next(iter(loaded.values()))[1]
+    loaded = {name: load_model_meta(path, device) for name, path in checkpoints.items()}
+    cfg, meta = next(iter(loaded.values()))[1:]
+    with threads_like_training(meta, device):
+        return _evaluate_models(loaded, cfg, data_root, split, ttas, ensemble, device, progress,
+                                samples)
+
+
+def _evaluate_models(loaded: dict, cfg, data_root: str, split: str, ttas: list[TTA],
+                     ensemble: bool, device: torch.device, progress: bool,
+                     samples: Sequence[Sample] | None) -> pd.DataFrame:
     names = list(loaded) + (["ensemble"] if ensemble else [])
     cms = {(n, t.name): {"full": _zeros()} for n in names for t in ttas}
     samples = list(samples) if samples is not None else find_samples(data_root, split)
@@ -95,7 +109,7 @@ def evaluate_models(checkpoints: dict[str, Path], data_root: str, split: str, tt
         truths = [truth for _, truth in pairs]
         for tta in ttas:
             totals = None
-            for name, (model, _) in loaded.items():
+            for name, (model, _, _) in loaded.items():
                 preds = predict_batch([model], [image for image, _ in pairs], cfg, tta, device)
                 for pred, truth in zip(preds, truths):
                     cms[(name, tta.name)]["full"] += confusion_matrix(pred.full.argmax(0).cpu(),
@@ -118,25 +132,31 @@ def evaluate_folds(run_dir: Path, data_root: str, device: torch.device | None = 
     folds = {f["fold"]: f["val"] for f in json.loads((run_dir / "folds.json").read_text())["folds"]}
     tables = []
     for name, path in run_checkpoints(run_dir).items():
-        model, cfg = load_model(path, device)
+        model, cfg, meta = load_model_meta(path, device)
         samples = [Sample(data_root, *key.split("/")) for key in folds[int(name[4:])]]
-        cms = {"low": _zeros(), "full": _zeros()}
-        images = skipped = 0
-        for kept, pairs, bad in tqdm(readable_batches(samples, cfg.batch_size,
-                                                      cfg.skip_bad_samples),
-                                     desc=f"evaluate {name}", disable=not progress):
-            skipped += bad
-            images += len(kept)
-            if not kept:
-                continue
-            preds = predict_batch([model], [image for image, _ in pairs], cfg, device=device,
-                                  low_res=True)
-            for pred, (_, truth) in zip(preds, pairs):
-                cms["full"] += confusion_matrix(pred.full.argmax(0).cpu(), truth)
-                cms["low"] += confusion_matrix(pred.low.argmax(0).cpu(),
-                                               resize_mask(truth, cfg.image_size))
-        tables.append(score_rows({(name, TTA().name): cms}, FOLDS, images, skipped))
+        with threads_like_training(meta, device):
+            tables.append(_score_fold(name, model, cfg, samples, device, progress))
     return pd.concat(tables, ignore_index=True)
+
+
+def _score_fold(name: str, model: torch.nn.Module, cfg, samples: list[Sample],
+                device: torch.device, progress: bool) -> pd.DataFrame:
+    cms = {"low": _zeros(), "full": _zeros()}
+    images = skipped = 0
+    for kept, pairs, bad in tqdm(readable_batches(samples, cfg.batch_size,
+                                                  cfg.skip_bad_samples),
+                                 desc=f"evaluate {name}", disable=not progress):
+        skipped += bad
+        images += len(kept)
+        if not kept:
+            continue
+        preds = predict_batch([model], [image for image, _ in pairs], cfg, device=device,
+                              low_res=True)
+        for pred, (_, truth) in zip(preds, pairs):
+            cms["full"] += confusion_matrix(pred.full.argmax(0).cpu(), truth)
+            cms["low"] += confusion_matrix(pred.low.argmax(0).cpu(),
+                                           resize_mask(truth, cfg.image_size))
+    return score_rows({(name, TTA().name): cms}, FOLDS, images, skipped)
 
 
 def merge_val_table(path: Path, new: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from raycity.errors import UserError
+from raycity.errors import UserError, brief
 from raycity.results import atomic_write_text
 
 
@@ -71,5 +71,5 @@ def load_folds(path: Path) -> tuple[list[FoldSplit], dict]:
         folds = [FoldSplit(int(f["fold"]), tuple(f["train"]), tuple(f["val"]))
                  for f in payload.pop("folds")]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise FoldsError(f"{path}: not a raycity folds.json ({err})") from err
+        raise FoldsError(f"{path}: not a raycity folds.json ({brief(err)})") from err
     return folds, payload

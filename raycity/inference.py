@@ -7,6 +7,7 @@ batching and logit precision they share.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,30 @@ class TTA:
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
     """A fold checkpoint → the model in eval mode and the Config it was trained with."""
     return model_from_state(load_checkpoint(path), path, device)
+
+
+def load_model_meta(path: str | Path,
+                    device: torch.device) -> tuple[torch.nn.Module, Config, dict]:
+    """`load_model`, and the checkpoint's metadata (epoch, metrics, threads…)."""
+    state = load_checkpoint(path)
+    return (*model_from_state(state, path, device), state["meta"])
+
+
+@contextlib.contextmanager
+def threads_like_training(meta: dict, device: torch.device) -> Iterator[None]:
+    """On the CPU, the torch thread count the fold validated with: oneDNN's convolutions can
+    round differently with another count, and a barely trained model's near-tied logits turn
+    that into other pixels — evaluation must reproduce validation exactly."""
+    threads = meta.get("threads")
+    if device.type != "cpu" or not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def model_from_state(state: dict, path: str | Path,

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
 from raycity.constants import NUM_CLASSES
-from raycity.errors import UserError
+from raycity.errors import UserError, brief
 
 # Channels of the stem (1/2) and of the four residual stages (1/4 … 1/32).
 ENCODER_CHANNELS = (64, 256, 512, 1024, 2048)
@@ -147,7 +147,7 @@ def load_encoder_weights(net: nn.Module, pretrained: str) -> None:
         except Exception as err:  # urllib, ssl, hash mismatch: all mean "not obtainable here"
             target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
             raise PretrainedWeightsError(
-                f"could not obtain ImageNet weights for the ResNet-50 encoder ({err}). "
+                f"could not obtain ImageNet weights for the ResNet-50 encoder ({brief(err)}). "
                 f"Download {weights.url} and place it at {target}, or pass "
                 f"--pretrained PATH to a ResNet-50 state dict, or --pretrained none."
             ) from err
@@ -161,7 +161,9 @@ def load_encoder_weights(net: nn.Module, pretrained: str) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise PretrainedWeightsError(f"{path}: not a loadable state dict ({err})") from err
+            raise PretrainedWeightsError(f"--pretrained {path}: not a loadable state dict "
+                                         f"({brief(err)}); expected a torchvision ResNet-50 "
+                                         f"state dict (.pth)") from err
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -21,14 +21,26 @@ from raycity.data import find_samples
 from raycity.data.layout import Sample, read_png
 from raycity.evaluate import run_checkpoints, run_data_root
 from raycity.figures import colorize
-from raycity.inference import TTA, load_model, predict_batch, readable_batches
+from raycity.inference import (
+    TTA,
+    load_model_meta,
+    predict_batch,
+    readable_batches,
+    threads_like_training,
+)
 
 
 def export_predictions(checkpoint: Path, data_root: str, split: str, out: Path, *,
                        color: bool = False, tta: TTA = TTA(), progress: bool = True) -> tuple[int, int]:
     """(written, skipped): PNGs for every readable image, batched as validation batches."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg = load_model(checkpoint, device)
+    model, cfg, meta = load_model_meta(checkpoint, device)
+    with threads_like_training(meta, device):
+        return _export(model, cfg, data_root, split, out, color, tta, progress, device)
+
+
+def _export(model: torch.nn.Module, cfg, data_root: str, split: str, out: Path, color: bool,
+            tta: TTA, progress: bool, device: torch.device) -> tuple[int, int]:
     samples = find_samples(data_root, split)
     written = skipped = 0
     bar = tqdm(total=len(samples), desc=f"predict {split}", unit="img", disable=not progress)

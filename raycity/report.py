@@ -47,7 +47,12 @@ def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | N
     PANEL_IMAGES readable samples; unreadable ones are skipped when the run skipped them."""
     from raycity.checkpoint import load_checkpoint
     from raycity.figures import prediction_panel
-    from raycity.inference import model_from_state, predict_batch, readable_batches
+    from raycity.inference import (
+        model_from_state,
+        predict_batch,
+        readable_batches,
+        threads_like_training,
+    )
 
     device = device or torch.device("cpu")
     state = load_checkpoint(checkpoint)  # read once: weights and the metadata for the title
@@ -61,7 +66,8 @@ def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | N
             break
     rows, preds = [], []
     for image, truth in pairs:
-        pred = predict_batch([model], [image], cfg, device=device)[0].full
+        with threads_like_training(meta, device):
+            pred = predict_batch([model], [image], cfg, device=device)[0].full
         pred = pred.argmax(0).cpu().numpy().astype(np.uint8)
         preds.append(pred)
         rows.append((display(image.permute(1, 2, 0).numpy()), display(truth.numpy()),

@@ -15,7 +15,9 @@ Ray Tune copy it once more — cost ≈ 20 % of such an epoch. Here:
   written before the epoch is reported.
 
 On disk, in `directory`: `state-<epoch>.pt` (at most two: the newest complete one and the one
-being written) and `best-<epoch>.pt`. A crash loses the epochs since the newest complete state:
+being written), `best-<epoch>.pt`, and a few bytes per epoch: `epoch-<epoch>.json` (the metrics,
+with `labels`) and `done.json` once the fold has finished — the fold's own record, which a
+scheduler's or a driver's bookkeeping cannot lose. A crash loses the epochs since the newest complete state:
 at most max(1 epoch, 1 / budget × the write time) plus the epoch in progress. Resuming takes the
 newest complete state, whatever a scheduler was told; files a crash left (temporary files, best
 weights newer than that state, which will be recomputed) are removed first.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import re
 import threading
 import time
@@ -39,6 +42,8 @@ from raycity.checkpoint import load_checkpoint
 
 STATE = re.compile(r"^state-(\d+)\.pt$")
 BEST = re.compile(r"^best-(\d+)\.pt$")
+RECORD = re.compile(r"^epoch-(\d+)\.json$")
+DONE = "done.json"
 
 
 @dataclass
@@ -86,10 +91,11 @@ class FoldCheckpoints:
     """Where one fold keeps the state it resumes from and the best weights it ends with."""
 
     def __init__(self, directory: str, filesystem: pafs.FileSystem | None = None, *,
-                 budget: float = 0.05) -> None:
+                 budget: float = 0.05, labels: dict[str, Any] | None = None) -> None:
         self.fs = filesystem or pafs.LocalFileSystem()
         self.directory = directory.rstrip("/")
         self.budget = budget
+        self.labels = labels or {}  # written into every record (e.g. which configuration)
         self.fs.create_dir(self.directory, recursive=True)
         self.best_epoch, self.best_score = 0, float("-inf")
         self._best_on_disk = 0  # epoch of the newest best-*.pt written
@@ -121,6 +127,34 @@ class FoldCheckpoints:
     def _delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self._path(name))
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        tmp = self._path(f".{name}.tmp")
+        with self.fs.open_output_stream(tmp) as stream:
+            stream.write(json.dumps(obj, default=float).encode())
+        self.fs.move(tmp, self._path(name))
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        """The epoch's metrics, durably, beside the states."""
+        self._write_json(f"epoch-{int(metrics['epoch']):06d}.json", {**self.labels, **metrics})
+
+    def mark_done(self, metrics: dict[str, Any]) -> None:
+        self._write_json(DONE, {**self.labels, **metrics})
+
+    def done(self) -> dict[str, Any] | None:
+        """The last epoch's metrics if this fold has finished (a restarted trial need not train)."""
+        try:
+            with self.fs.open_input_stream(self._path(DONE)) as stream:
+                return json.loads(stream.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self._files(RECORD).values():
+            with self.fs.open_input_stream(self._path(name)) as stream:
+                out.append(json.loads(stream.read()))
+        return out
 
     def best_file(self) -> str | None:
         """Path of the newest best weights on disk (after `close`, the fold's best epoch)."""

@@ -186,6 +186,10 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
     with the best epoch's weights on disk; epochs in `sync_epochs` are written before they are
     reported. The same numbers come out whether a fold runs through or is resumed.
     """
+    if checkpoints is not None and (done := checkpoints.done()) is not None:
+        # a fold restarted after it had finished: say so again, train nothing
+        report({k: v for k, v in done.items() if k not in checkpoints.labels}, None)
+        return
     device = device or pick_device()
     check_device(device)
     threads, workers = cpu_split(cpus, device, cfg.num_workers)
@@ -232,7 +236,7 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         saved = None
         if checkpoints is not None:
             meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
-                    "config": cfg.to_dict(), "created": time.time(),
+                    "config": cfg.to_dict(), "created": time.time(), "threads": threads,
                     "metrics": {k: float(v) for k, v in metrics.items()
                                 if isinstance(v, (int, float)) and np.isfinite(v)}}
             save = checkpoints.end_of_epoch(
@@ -248,4 +252,7 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
                 save.bytes += end.bytes
             saved = save.saved
             metrics.update(checkpoint_seconds=save.seconds, checkpoint_bytes=save.bytes)
+            checkpoints.record(metrics)
+            if epoch == cfg.epochs:
+                checkpoints.mark_done(metrics)
         report(metrics, saved)

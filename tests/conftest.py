@@ -39,15 +39,22 @@ SMOKE_EPOCHS = 2
 @pytest.fixture(scope="session")
 def smoke_run(ray_session, tmp_path_factory):
     """One real smoke CV without --data-root (the synthetic demo path), shared by the tests
-    that read what a run leaves behind. Returns (exit code, run dir)."""
+    that read what a run leaves behind. Returns (exit code, run dir); what it printed is in
+    console.txt beside the run."""
+    import contextlib
+    import io
+
     from raycity import cv
 
     out = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
     mp.setenv("RAYCITY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    console = io.StringIO()
     try:
-        code = cv.main(["--preset", "smoke", "--epochs", str(SMOKE_EPOCHS), "--output", str(out),
-                        "--name", "smoke", "--cpus-per-trial", "0.6"])
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            code = cv.main(["--preset", "smoke", "--epochs", str(SMOKE_EPOCHS), "--output",
+                            str(out), "--name", "smoke", "--cpus-per-trial", "0.6"])
     finally:
         mp.undo()
+    (out / "console.txt").write_text(console.getvalue())
     return code, out / "smoke"

@@ -21,6 +21,14 @@ def demo_run(smoke_run):
 def test_run_succeeds_and_prints_the_demo_banner(demo_run):
     code, run_dir = demo_run
     assert code == 0
+    console = (run_dir.parent / "console.txt").read_text()
+    assert "DEMO on synthetic street scenes" in console and "--data-root" in console
+    for fold in (1, 2, 3):  # one line per epoch and fold
+        assert sum(f"[fold {fold}] epoch" in line for line in console.splitlines()) == EPOCHS
+    assert "Table 1: Cross-Validation mIoU" in console and f"results: {run_dir}" in console
+    # Ray's own notices stay out of the console; they are in the run's ray.log
+    assert "Token authentication" not in console and "Traceback" not in console
+    assert (run_dir / "ray.log").is_file()
     assert (run_dir / "config.json").is_file() and (run_dir / "folds.json").is_file()
 
 
@@ -66,10 +74,43 @@ def test_folds_manifest_config_and_artifacts(demo_run):
     assert folds_logged == ["cv_fold1", "cv_fold2", "cv_fold3"]
     for name in folds_logged:  # scalars per epoch, and the prediction panel at the end
         assert list((run_dir / "tensorboard" / name).glob("events.out.tfevents.*"))
-    assert not list((run_dir / "tune").glob("*/checkpoint_*"))  # a clean run drops them …
+    # a clean run drops the states and Tune's pointers, keeps the folds' few-byte records …
+    assert not list((run_dir / "tune").glob("*/checkpoint_*"))
+    assert not list((run_dir / "tune").glob("*/raycity/*.pt"))
+    assert len(list((run_dir / "tune").glob("*/raycity/epoch-*.json"))) == 3 * EPOCHS
     for k in (1, 2, 3):  # … and keeps each fold's best model, self-describing
         state = load_checkpoint(run_dir / "checkpoints" / f"fold{k}.pt")
         assert state["meta"]["fold"] == k and state["meta"]["config"]["epochs"] == EPOCHS
+
+
+def tensorboard_scalars(directory) -> dict[tuple[str, int], float]:
+    """(tag, step) → value from TensorBoard event files, read record by record (TFRecord:
+    length, crc, an Event protobuf, crc) with tensorboardX's own protobuf classes."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    values = {}
+    for path in directory.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                values[(value.tag, event.step)] = value.simple_value
+    return values
+
+
+def test_tensorboard_holds_the_epochs_values(demo_run):
+    _, run_dir = demo_run
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    for fold in (1, 2, 3):
+        logged = tensorboard_scalars(run_dir / "tensorboard" / f"cv_fold{fold}")
+        for row in epochs[epochs["fold"] == fold].itertuples():
+            for tag in ("train_loss", "val_loss", "miou_low", "miou_full", "lr"):
+                assert logged[(tag, row.epoch)] == pytest.approx(getattr(row, tag), rel=1e-6)
 
 
 def test_existing_name_is_refused_and_resume_of_nothing(demo_run, capsys):

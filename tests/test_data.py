@@ -176,3 +176,22 @@ def test_skip_bad_samples_counts_them(tree):
     lenient = SegmentationDataset(samples, val_transform((32, 64)), skip_bad=True)
     batch = collate([lenient[bad], lenient[(bad + 1) % len(samples)]])
     assert batch["skipped"] == 1 and batch["image"].shape[0] == 1
+
+
+def test_colour_jitter_changes_the_image_never_the_mask():
+    from torchvision import tv_tensors
+
+    mask = torch.zeros(48, 96, dtype=torch.uint8)
+    mask[:, 40:] = 7
+    image = torch.randint(0, 255, (3, 48, 96), dtype=torch.uint8)
+    jitter = train_transform((48, 96), scale_jitter=0.1, color_jitter=0.4, hflip=True)
+    plain = train_transform((48, 96), scale_jitter=0.1, color_jitter=0.0, hflip=True)
+    changed = 0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        img_j, mask_j = jitter(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        torch.manual_seed(seed)
+        img_p, mask_p = plain(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        assert torch.equal(mask_j, mask_p)  # same geometry, labels untouched by colour
+        changed += not torch.allclose(img_j, img_p)
+    assert changed == 10

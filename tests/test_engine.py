@@ -61,3 +61,42 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
     b["image"] = torch.randn(2, 3, 32, 64)
     losses = [train_one_epoch(model, [b], optimizer, CPU).loss for _ in range(4)]
     assert losses[-1] < losses[0]
+
+
+class ChannelIsClass(torch.nn.Module):
+    """Logits = the image's channels for classes 0-2: the prediction follows the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], NUM_CLASSES, *x.shape[-2:]), -10.0) + self.dummy
+        logits[:, :3] = x[:, :3]
+        return logits
+
+
+def bands(height: int, width: int, edges: tuple[int, ...]) -> torch.Tensor:
+    """Classes 0, 1, 2 in vertical bands whose right edges are `edges` (unequal widths, so a
+    horizontal flip changes the picture)."""
+    mask = torch.zeros(height, width, dtype=torch.long)
+    start = 0
+    for k, edge in enumerate(edges):
+        mask[:, start:edge] = k
+        start = edge
+    return mask
+
+
+def test_full_resolution_is_scored_where_the_labels_are():
+    """The network sees an 8×16 image; the labels are 16×32. Upsampled bilinearly to the label's
+    size, the prediction matches them exactly; a flip, a shift or a wrong size would not."""
+    low = bands(8, 16, (2, 10, 16))
+    image = torch.nn.functional.one_hot(low, 3).permute(2, 0, 1).float()[None] * 5
+    full = bands(16, 32, (4, 20, 32))
+    stats = evaluate(ChannelIsClass(), [{"image": image, "mask": low[None], "full_mask": full[None],
+                                         "skipped": 0}], CPU)
+    assert stats.cm_full.sum() == 16 * 32 and stats.cm_full.trace() == 16 * 32
+    assert stats.cm_low.trace() == 8 * 16
+    flipped = evaluate(ChannelIsClass(), [{"image": image.flip(-1), "mask": low[None],
+                                           "full_mask": full[None], "skipped": 0}], CPU)
+    assert flipped.cm_full.trace() < 0.5 * 16 * 32  # misaligned: most pixels wrong

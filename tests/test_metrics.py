@@ -27,10 +27,16 @@ def test_empty_union_is_nan_and_left_out():
 
 
 def test_summed_over_the_set_not_averaged_per_image():
+    """Image a: 100 pixels of class 0, all right. Image b: truth [0, 1], prediction [1, 1].
+    Summed: [[100, 1], [0, 1]] → IoU 100/101 and 1/2. Averaging per image would give
+    (1 + (0 + 1/2) / 2) / 2 = 0.625 instead."""
     a = confusion_matrix(torch.zeros(100), torch.zeros(100), 2)
     b = confusion_matrix(torch.tensor([1, 1]), torch.tensor([0, 1]), 2)
-    per_image = (mean_iou(a) + mean_iou(b)) / 2
-    assert mean_iou(a + b) != pytest.approx(per_image)
+    assert a.tolist() == [[100, 0], [0, 0]] and b.tolist() == [[0, 1], [0, 1]]
+    assert (a + b).tolist() == [[100, 1], [0, 1]]
+    np.testing.assert_allclose(iou_per_class(a + b), [100 / 101, 1 / 2])
+    assert mean_iou(a + b) == pytest.approx((100 / 101 + 1 / 2) / 2)
+    assert mean_iou(a) == 1.0 and mean_iou(b) == pytest.approx(0.25)  # class 1 absent from a
 
 
 def test_parity_with_cityscapesscripts(tmp_path):

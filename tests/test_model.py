@@ -43,13 +43,34 @@ def test_stage_channels_and_scales(model):
     assert model.head.classify.out_channels == NUM_CLASSES
 
 
-def test_parameter_count_is_encoder_plus_decoder(model):
-    """The ResNet-50 without its classifier plus the seed's decoder (≈147 M in all)."""
+def conv_block(c_in: int, c_out: int) -> int:
+    """Two 3×3 convolutions without bias, each followed by BatchNorm (weight + bias)."""
+    return c_in * c_out * 9 + 2 * c_out + c_out * c_out * 9 + 2 * c_out
+
+
+def decoder_stage(c_in: int, skip: int, c_out: int) -> int:
+    """2× transposed conv halving the channels (with bias), concat with the skip, ConvBlock."""
+    up = c_in // 2
+    return c_in * up * 4 + up + conv_block(up + skip, c_out)
+
+
+def test_parameter_count_is_the_seed_architecture_exactly(model):
+    """Counted from the layer shapes the seed study describes, not from our modules: the
+    ResNet-50 encoder without its classifier (torchvision's), the 2048-channel bottleneck, four
+    decoder stages to 1024, 512, 256 and 64 channels, and the head (2× transposed conv to 32
+    channels, 1×1 conv to 19 classes)."""
     backbone = resnet50()
     encoder = sum(p.numel() for n, p in backbone.named_parameters() if not n.startswith("fc."))
+    bottleneck = conv_block(2048, 2048)
+    decoder = (decoder_stage(2048, 1024, 1024) + decoder_stage(1024, 512, 512)
+               + decoder_stage(512, 256, 256) + decoder_stage(256, 64, 64))
+    head = 64 * 32 * 4 + 32 + 32 * NUM_CLASSES + NUM_CLASSES
     assert sum(p.numel() for p in model.encoder.parameters()) == encoder
-    total = sum(p.numel() for p in model.parameters())
-    assert 140e6 < total < 155e6
+    assert sum(p.numel() for p in model.bottleneck.parameters()) == bottleneck
+    assert sum(p.numel() for p in model.decoder.parameters()) == decoder
+    assert sum(p.numel() for p in model.head.parameters()) == head
+    assert sum(p.numel() for p in model.parameters()) == encoder + bottleneck + decoder + head
+    assert encoder + bottleneck + decoder + head == 147_479_379  # as the closing note reports
 
 
 def test_dropout_only_when_asked():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -9,13 +10,20 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from raycity import evaluate, predict, report
 from raycity.checkpoint import CheckpointError
-from raycity.data import find_samples, read_sample
-from raycity.figures import colorize
-from raycity.inference import TTA, load_model, predict_probs
-from raycity.results import table1
+from raycity.constants import CLASS_COLORS
+from raycity.data import find_samples, read_sample, to_train_ids
+from raycity.inference import (
+    TTA,
+    load_model,
+    load_model_meta,
+    predict_probs,
+    threads_like_training,
+)
+from raycity.metrics import confusion_matrix, mean_iou
 
 
 @pytest.fixture
@@ -34,30 +42,62 @@ def test_figures_are_written_and_readable(run_dir):
             assert im.width >= 600 and im.height >= 200, name
 
 
-def test_panel_shows_the_models_argmax(run_dir):
-    samples = report.panel_samples(run_dir, 1)
-    assert [s.key for s in samples] == [s.key for s in report.panel_samples(run_dir, 1)]
+def by_hand(model, image: torch.Tensor, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    """Class probabilities at the image's own size, written out without raycity's inference
+    code: resize the uint8 image, scale, normalise, forward, upsample, softmax."""
+    x = TF.resize(image, list(size), antialias=True)[None].float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = (x - mean) / std
+    with torch.no_grad():
+        logits = model(x.flip(-1) if flip else x).float()
+    logits = logits.flip(-1) if flip else logits
+    up = torch.nn.functional.interpolate(logits, size=image.shape[-2:], mode="bilinear",
+                                         align_corners=False)
+    return up.softmax(1)[0]
+
+
+def test_panel_samples_are_the_folds_first_validation_images(run_dir):
+    folds = json.loads((run_dir / "folds.json").read_text())
+    val = next(f["val"] for f in folds["folds"] if f["fold"] == 1)
+    assert [s.key for s in report.panel_samples(run_dir, 1)] == val  # folds.json order
     checkpoint = run_dir / "checkpoints" / "fold1.pt"
-    panel, boxes, _, samples = report.fold_panel(checkpoint, samples)
-    model, cfg = load_model(checkpoint, torch.device("cpu"))
+    _, _, _, shown = report.fold_panel(checkpoint, report.panel_samples(run_dir, 1))
+    assert [s.key for s in shown] == val[:report.PANEL_IMAGES]
+
+
+def test_panel_shows_the_models_argmax(run_dir):
+    checkpoint = run_dir / "checkpoints" / "fold1.pt"
+    panel, boxes, _, samples = report.fold_panel(checkpoint, report.panel_samples(run_dir, 1))
+    model, cfg, meta = load_model_meta(checkpoint, torch.device("cpu"))
     for sample, row in zip(samples, boxes):
-        image, truth = read_sample(sample)
-        argmax = predict_probs([model], image, cfg).argmax(0).numpy().astype(np.uint8)
+        image = torch.from_numpy(np.array(Image.open(sample.image_path).convert("RGB")))
+        image = image.permute(2, 0, 1).contiguous()
+        with threads_like_training(meta, torch.device("cpu")):  # the panel's numerics
+            argmax = by_hand(model, image, cfg.image_size).argmax(0).numpy()
+        truth = to_train_ids(np.array(Image.open(sample.label_path)))
+        expected_pred = CLASS_COLORS[argmax]
+        expected_truth = np.where((truth == 255)[..., None], 0,
+                                  CLASS_COLORS[np.minimum(truth, 18)])  # ignored: black
         top, left, h, w = row[2]  # the prediction cell
-        assert np.array_equal(panel[top:top + h, left:left + w], colorize(report.display(argmax)))
+        assert np.array_equal(panel[top:top + h, left:left + w], expected_pred)
         top, left, h, w = row[1]  # the ground-truth cell
-        assert np.array_equal(panel[top:top + h, left:left + w],
-                              colorize(report.display(truth.numpy())))
+        assert np.array_equal(panel[top:top + h, left:left + w], expected_truth)
     saved = np.asarray(Image.open(run_dir / "figures" / "fold1_prediction.png").convert("RGB"))
     assert np.array_equal(saved, panel)  # the file is that panel, pixel for pixel
 
 
-def test_report_has_table1_equal_to_summary(run_dir):
+def test_report_has_table1_computed_from_the_epochs(run_dir):
+    """Table 1 in report.md, checked against plain pandas over epochs.parquet: each fold at its
+    best epoch by low-res mIoU, then the mean and the population std."""
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    best = epochs.loc[epochs.groupby("fold")["miou_low"].idxmax()].sort_values("fold")
     text = (run_dir / "report.md").read_text()
-    t = table1(pd.read_parquet(run_dir / "summary.parquet")).set_index("Fold")
-    for label in ("1", "2", "3", "Mean", "Std"):
-        low, full = t.loc[label, "Low-Res mIoU"], t.loc[label, "Full-Res mIoU"]
-        assert f"| {label} | {low:.4f} | {full:.4f} |" in text
+    for row in best.itertuples():
+        assert f"| {row.fold} | {row.miou_low:.4f} | {row.miou_full:.4f} |" in text
+    low, full = best["miou_low"].to_numpy(), best["miou_full"].to_numpy()
+    assert f"| Mean | {low.mean():.4f} | {full.mean():.4f} |" in text
+    assert f"| Std | {low.std():.4f} | {full.std():.4f} |" in text
     assert "Per-class IoU" in text and "| road |" in text
     assert "![fold 2 prediction](figures/fold2_prediction.png)" in text
 
@@ -91,28 +131,56 @@ def test_export_scores_like_cityscapesscripts(run_dir, tmp_path):
     assert len(list((tmp_path / "preds" / "color").rglob("*_pred_color.png"))) == len(gts)
 
 
-def test_ensemble_of_identical_checkpoints_is_the_single_model(run_dir):
-    one = evaluate.run_checkpoints(run_dir)["fold1"]
+def test_the_ensemble_is_the_mean_of_the_folds_softmaxes(run_dir):
+    """Two different checkpoints (folds 1 and 2): the ensemble's probabilities are the mean of
+    theirs, and evaluate's ensemble row scores the argmax of that mean."""
+    checkpoints = evaluate.run_checkpoints(run_dir)
     root = evaluate.run_data_root(run_dir, None)
-    table = evaluate.evaluate_models({"fold1": one, "fold2": one}, root, "val", [TTA()],
-                                     ensemble=True, progress=False).set_index("model")
-    cols = [c for c in table.columns if c.startswith(("miou", "iou"))]
-    pd.testing.assert_series_equal(table.loc["ensemble", cols], table.loc["fold1", cols],
-                                   check_names=False)
+    (m1, cfg), (m2, _) = (load_model(checkpoints[k], torch.device("cpu")) for k in ("fold1", "fold2"))
+    assert not torch.equal(m1.head.classify.weight, m2.head.classify.weight)
+    cm = torch.zeros(19, 19, dtype=torch.int64)
+    for sample in find_samples(root, "val"):
+        image, truth = read_sample(sample)
+        p1, p2 = by_hand(m1, image, cfg.image_size), by_hand(m2, image, cfg.image_size)
+        both = predict_probs([m1, m2], image, cfg)
+        torch.testing.assert_close(both, (p1 + p2) / 2, atol=1e-5, rtol=1e-5)
+        cm += confusion_matrix(((p1 + p2) / 2).argmax(0), truth)
+    table = evaluate.evaluate_models({"fold1": checkpoints["fold1"], "fold2": checkpoints["fold2"]},
+                                     root, "val", [TTA()], ensemble=True, progress=False)
+    table = table.set_index("model")
+    assert table.loc["ensemble", "miou_full"] == pytest.approx(mean_iou(cm), abs=1e-9)
 
 
-def test_flip_tta_changes_nothing_on_a_flip_equivariant_model(run_dir):
+class Asymmetric(torch.nn.Module):
+    """A trained fold model plus a left-to-right ramp on one class: not flip-equivariant, so a
+    flip that was ignored or not undone changes its probabilities."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x).float()
+        ramp = torch.linspace(-3, 3, x.shape[-1])
+        logits[:, 0] = logits[:, 0] + ramp
+        return logits
+
+
+def test_flip_and_multiscale_tta_average_the_right_views(run_dir):
     model, cfg = load_model(evaluate.run_checkpoints(run_dir)["fold1"], torch.device("cpu"))
-
-    def symmetric(x):  # flip-equivariant by construction
-        return (model(x) + model(x.flip(-1)).flip(-1)) / 2
-
+    asym = Asymmetric(model)
     image, _ = read_sample(find_samples(evaluate.run_data_root(run_dir, None), "val")[0])
-    plain = predict_probs([symmetric], image, cfg)
-    flipped = predict_probs([symmetric], image, cfg, TTA(flip=True))
-    torch.testing.assert_close(plain, flipped, atol=1e-5, rtol=1e-5)
-    multi = predict_probs([model], image, cfg, TTA(flip=True, scales=(0.75, 1.0)))
-    assert multi.shape == plain.shape and torch.allclose(multi.sum(0), torch.ones(()), atol=1e-4)
+    plain = by_hand(asym, image, cfg.image_size)
+    flipped_view = by_hand(asym, image, cfg.image_size, flip=True)
+    assert (plain - flipped_view).abs().max() > 0.05  # the two views really differ
+    torch.testing.assert_close(predict_probs([asym], image, cfg), plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(predict_probs([asym], image, cfg, TTA(flip=True)),
+                               (plain + flipped_view) / 2, atol=1e-5, rtol=1e-5)
+    h, w = cfg.image_size
+    scaled = [by_hand(asym, image, (max(32, round(h * s)), max(32, round(w * s))), flip=f)
+              for s in (0.75, 1.0) for f in (False, True)]
+    torch.testing.assert_close(predict_probs([asym], image, cfg, TTA(True, (0.75, 1.0))),
+                               sum(scaled) / 4, atol=1e-5, rtol=1e-5)
 
 
 def test_evaluate_command_writes_val_table_and_report(run_dir):
@@ -123,6 +191,19 @@ def test_evaluate_command_writes_val_table_and_report(run_dir):
     assert len(table) == 8 and table["miou_full"].between(0, 1).all()
     assert "iou_full_road" in table
     assert "## Official val split" in (run_dir / "report.md").read_text()
+
+
+def test_evaluate_folds_reproduces_table1(run_dir):
+    """One way to score: each fold's exported best model, run by `raycity.evaluate` on that
+    fold's validation images, gives the numbers its epoch-end validation put in Table 1."""
+    assert evaluate.main(["--run", str(run_dir), "--split", "folds"]) == 0
+    table = pd.read_parquet(run_dir / "val.parquet")
+    rows = table[table["split"] == "folds"].set_index("model")
+    summary = pd.read_parquet(run_dir / "summary.parquet").set_index("fold")
+    assert sorted(rows.index) == ["fold1", "fold2", "fold3"] and set(rows["tta"]) == {"none"}
+    for fold in (1, 2, 3):
+        for metric in ("miou_low", "miou_full"):
+            assert abs(rows.loc[f"fold{fold}", metric] - summary.loc[fold, metric]) <= 1e-6
 
 
 def test_wrong_checkpoints_are_refused(tmp_path, run_dir):

@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 
 from raycity.tune.searcher import TOLD, FoldFanOut, ListSearcher, plan_search
 from raycity.tune.space import parse_space
-from tests.standin_search import SPACE, simulate, true_score
+from tests.standins import SPACE, simulate, true_score
 
 
 class Spy(ListSearcher):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import yaml
 
@@ -90,8 +91,52 @@ def test_sampled_values_are_checked_against_the_config():
 
 
 def test_space_readme_documents_the_vocabulary():
+    """Each word as a word: `uniform` is not found inside `loguniform`."""
     text = (SPACES_DIR / "README.md").read_text()
     for word in ("grid", "choice", "uniform", "loguniform", "randint", "quniform",
-                 "num_samples", "metric", "scheduler", *TUNABLE):
-        assert word in text, word
+                 "num_samples", "metric", "scheduler", "search", "seed", *TUNABLE):
+        assert f"`{word}`" in text or f"\n{word}:" in text, word
     assert yaml.safe_load((SPACES_DIR / "lr.yaml").read_text())["params"]
+
+
+def test_search_key_and_default_method():
+    assert parse_space({"params": {"dropout": {"grid": [0.0, 0.1]}}}).method == "grid"
+    assert parse_space({"params": {"lr": {"loguniform": [1e-5, 1e-3]}}}).method == "random"
+    assert parse_space({"params": {"lr": {"grid": [1e-4]}}, "search": "optuna"}).method == "optuna"
+    with pytest.raises(SpaceError, match="search: expected one of"):
+        parse_space({"params": {"lr": {"grid": [1e-4]}}, "search": "bayes"})
+
+
+def test_grid_cuts_drawn_domains_within_the_budget():
+    from raycity.tune.space import grid_configurations
+
+    space = parse_space({"params": {"lr": {"loguniform": [1e-5, 1e-3]},
+                                    "dropout": {"uniform": [0.0, 0.4]},
+                                    "batch_size": {"grid": [2, 4]}}})
+    configs = grid_configurations(space, 24)
+    lrs = sorted({c["lr"] for c in configs})
+    dropouts = sorted({c["dropout"] for c in configs})
+    assert (len(lrs), len(dropouts)) == (6, 4) and len(configs) == 24 * 2  # × batch_size grid
+    assert dropouts == pytest.approx([0.05, 0.15, 0.25, 0.35])  # cell centres, never the bounds
+    ratios = np.diff(np.log10(lrs))
+    assert np.allclose(ratios, ratios[0])  # evenly spaced in log space (a loguniform domain)
+    assert lrs[0] > 1e-5 and lrs[-1] < 1e-3
+    ints = grid_configurations(parse_space({"params": {"plateau_patience": {"randint": [1, 5]}}}),
+                               10)
+    assert sorted(c["plateau_patience"] for c in ints) == [1, 2, 3, 4]
+
+
+def test_optuna_sees_listed_values_as_choices_and_limits_are_checked():
+    from ray.tune.search.sample import Categorical, Float
+
+    from raycity.tune.space import optuna_space
+
+    space = parse_space({"params": {"lr": {"loguniform": [1e-5, 1e-3]},
+                                    "dropout": {"grid": [0.0, 0.2]}}})
+    converted = optuna_space(space)
+    assert isinstance(converted["lr"], Float) and isinstance(converted["dropout"], Categorical)
+    assert converted["dropout"].categories == [0.0, 0.2]
+    assert space.extremes() == [{"lr": 1e-5}, {"lr": 1e-3}, {"dropout": 0.0}, {"dropout": 0.2}]
+    bad = parse_space({"params": {"dropout": {"uniform": [0.0, 1.5]}}}, "d.yaml")
+    with pytest.raises(SpaceError, match="dropout=1.5"):
+        check_against(preset("smoke"), bad.extremes(), bad.path)

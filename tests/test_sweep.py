@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from raycity import sweep
+from raycity import evaluate, predict, sweep
 
 
 @pytest.fixture(scope="module")
@@ -14,11 +14,14 @@ def sweep_run(ray_session, tmp_path_factory, tiny_cityscapes):
     space = out / "mixed.yaml"
     # grid and random samplers in one space: the case where Tune alone would give folds
     # of one configuration different values
+    # and early stopping at epoch 1 of 2, judged on fold means; one configuration at a time,
+    # so the order in which they reach the rung (and so the decision) is the same every run
     space.write_text("params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
-                     "  dropout: {grid: [0.0, 0.3]}\nnum_samples: 1\nmetric: miou_full\n")
-    code = sweep.main(["--space", str(space), "--preset", "smoke", "--epochs", "1",
-                       "--folds", "2", "--data-root", str(tiny_cityscapes),
-                       "--output", str(out), "--name", "mixed", "--cpus-per-trial", "0.5"])
+                     "  dropout: {grid: [0.0, 0.3]}\nnum_samples: 1\nmetric: miou_full\n"
+                     "scheduler:\n  asha: {grace_period: 1, reduction_factor: 2}\n")
+    code = sweep.main(["--space", str(space), "--preset", "smoke", "--epochs", "2",
+                       "--folds", "2", "--data-root", str(tiny_cityscapes), "--max-concurrent",
+                       "1", "--output", str(out), "--name", "mixed", "--cpus-per-trial", "0.5"])
     return code, out / "mixed"
 
 
@@ -28,7 +31,7 @@ def test_sweep_ranks_configurations_by_fold_mean(sweep_run):
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
     assert len(board) == 2 and board["rank"].tolist() == [1, 2]
     assert board["miou_full_mean"].is_monotonic_decreasing
-    assert (board["folds"] == 2).all() and (board["folds_completed"] == 2).all()
+    assert (board["folds"] == 2).all()
     summary = pd.read_parquet(run_dir / "summary.parquet")
     for row in board.itertuples():
         folds = summary[summary["config_id"] == row.config_id]
@@ -72,3 +75,33 @@ def test_bad_space_launches_nothing(tmp_path, capsys):
     assert "available: dropout.yaml, lr.yaml, lr_dropout.yaml" in capsys.readouterr().err
     assert sweep.main(["--space", "lr.yaml", "--preset", "smoke", "--lr", "0.1"]) == 2
     assert "tuned by the space and also fixed by a flag" in capsys.readouterr().err
+
+
+def test_early_stopping_from_the_space_file_stops_whole_configurations(sweep_run):
+    """`stopped_early` says a configuration's folds ended before the last epoch — checked here
+    against epochs.parquet, and every stopped configuration stopped on all folds at once."""
+    _, run_dir = sweep_run
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    last = epochs.groupby(["config_id", "fold"])["epoch"].max().unstack()
+    board = pd.read_parquet(run_dir / "leaderboard.parquet").set_index("config_id")
+    for config_id, folds in last.iterrows():
+        assert folds.nunique() == 1  # all folds of a configuration end at the same epoch
+        assert board.loc[config_id, "stopped_early"] == (folds.iloc[0] < 2)
+        assert board.loc[config_id, "folds_completed"] == (2 if folds.iloc[0] == 2 else 0)
+    assert board["stopped_early"].any()  # the worse configuration was cut at the rung
+    assert "| yes |" in (run_dir / "leaderboard.md").read_text()
+
+
+def test_evaluate_and_predict_on_a_sweep_use_the_best_configuration(sweep_run, tmp_path):
+    _, run_dir = sweep_run
+    best = pd.read_parquet(run_dir / "leaderboard.parquet").iloc[0]["config_id"]
+    assert evaluate.main(["--run", str(run_dir), "--split", "folds"]) == 0
+    rows = pd.read_parquet(run_dir / "val.parquet").set_index("model")
+    summary = pd.read_parquet(run_dir / "summary.parquet")
+    summary = summary[summary["config_id"] == best].set_index("fold")
+    for fold in (1, 2):
+        assert abs(rows.loc[f"fold{fold}", "miou_full"] - summary.loc[fold, "miou_full"]) <= 1e-6
+    assert predict.main(["--run", str(run_dir), "--fold", "2", "--out", str(tmp_path / "p")]) == 0
+    assert len(list((tmp_path / "p" / "labelIds").rglob("*_pred_labelIds.png"))) == 2
+    assert (run_dir / "figures" / "sweep.png").is_file()
+    assert "![the search](figures/sweep.png)" in (run_dir / "report.md").read_text()

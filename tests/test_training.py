@@ -3,18 +3,20 @@ without the cache, and the learning-rate schedule it promises."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from raycity.config import preset
+from raycity.config import Config, preset
 from raycity.constants import NUM_CLASSES
 from raycity.data import SegmentationDataset, find_samples, train_transform, val_transform
 from raycity.data.cache import build_cache, cached_reader
 from raycity.engine import EvalStats, TrainStats
-from raycity.folds import make_folds
+from raycity.folds import load_folds, make_folds
 from raycity.snapshots import FoldCheckpoints
 from raycity.training import FoldSteps, build_loaders, run_fold
 
@@ -28,15 +30,18 @@ def tree(tmp_path, tiny_cityscapes):
     return root
 
 
-def test_resume_with_two_workers_equals_an_uninterrupted_fold(tree, tmp_path):
+def test_resume_with_two_workers_equals_an_uninterrupted_fold(smoke_run, tmp_path):
     """Shuffling and every augmentation derive from (seed, fold, epoch, index), and the state
-    holds the RNGs: a fold stopped after epoch 1 and resumed with 2 DataLoader workers trains
-    epoch 2 on the same batches, to the same numbers, as one that ran through."""
-    cfg = preset("smoke", data_root=str(tree), epochs=2, num_workers=2)
-    fold = make_folds([s.key for s in find_samples(tree, "train")], 3)[0]
-    through = []
-    run_fold(cfg, fold, str(tree), lambda m, s: through.append(m),
-             checkpoints=FoldCheckpoints(str(tmp_path / "a")), cpus=2)
+    holds the RNGs: fold 1 of the smoke run, stopped after epoch 1 and resumed here in-process
+    with 2 DataLoader workers, trains epoch 2 to the very numbers the uninterrupted run (through
+    Ray Tune, loading in its main process, on one thread like this) reported."""
+    _, run_dir = smoke_run
+    reference = pd.read_parquet(run_dir / "epochs.parquet")
+    reference = reference[reference["fold"] == 1].set_index("epoch")
+    cfg = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = cfg.replace(num_workers=2)
+    root = json.loads((run_dir / "run.json").read_text())["data_root"]
+    fold = load_folds(run_dir / "folds.json")[0][0]
 
     class Stop(Exception):
         pass
@@ -45,14 +50,14 @@ def test_resume_with_two_workers_equals_an_uninterrupted_fold(tree, tmp_path):
         raise Stop
 
     with pytest.raises(Stop):
-        run_fold(cfg, fold, str(tree), stop_after_epoch_1, sync_epochs={1},
-                 checkpoints=FoldCheckpoints(str(tmp_path / "b")), cpus=2)
+        run_fold(cfg, fold, root, stop_after_epoch_1, sync_epochs={1},
+                 checkpoints=FoldCheckpoints(str(tmp_path)), cpus=1)
     resumed = []
-    run_fold(cfg, fold, str(tree), lambda m, s: resumed.append(m),
-             checkpoints=FoldCheckpoints(str(tmp_path / "b")), cpus=2)
+    run_fold(cfg, fold, root, lambda m, s: resumed.append(m),
+             checkpoints=FoldCheckpoints(str(tmp_path)), cpus=1)
     assert [m["epoch"] for m in resumed] == [2]
     for key in METRICS:
-        assert resumed[0][key] == through[1][key], key
+        assert resumed[0][key] == pytest.approx(reference.loc[2, key], rel=1e-6), key
 
 
 def test_validation_inputs_are_identical_with_and_without_the_cache(tree):

@@ -25,6 +25,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from raycity.data.layout import DataError, Sample, find_samples, read_sample
+from raycity.errors import brief
 
 CACHE_DIRNAME = "raycity-cache"
 FORMAT_VERSION = 2  # 2: validation images at exactly image_size, resized as `preprocess` does
@@ -142,7 +143,7 @@ def cached_reader(root: str | Path, image_size: tuple[int, int], scale_jitter: f
         try:  # the header read and a size check: a truncated file fails here, not in a worker
             array = np.load(directory / name, mmap_mode="r")
         except (OSError, ValueError) as err:
-            return _stale(directory, f"{name} is damaged ({err})")
+            return _stale(directory, f"{name} is damaged ({brief(err)})")
         if list(array.shape) != shape:
             return _stale(directory, f"{name} has shape {list(array.shape)}, expected {shape}")
     index = manifest["index"]

@@ -16,7 +16,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_png
 
 from raycity.constants import LABEL_TO_TRAIN, VALID_LABEL_IDS
-from raycity.errors import UserError
+from raycity.errors import UserError, brief
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GREYSCALE = 0  # PNG colour type of single-channel images
@@ -99,7 +99,7 @@ def read_png(path: Path, mode: ImageReadMode) -> torch.Tensor:
     except FileNotFoundError as err:
         raise DataError(f"{path}: file not found") from err
     except (RuntimeError, ValueError, OSError) as err:
-        raise DataError(f"{path}: unreadable or corrupt PNG ({err})") from err
+        raise DataError(f"{path}: unreadable or corrupt PNG ({brief(err)})") from err
 
 
 def png_header(path: Path) -> tuple[int, int, int, int]:
@@ -110,7 +110,7 @@ def png_header(path: Path) -> tuple[int, int, int, int]:
     except FileNotFoundError as err:
         raise DataError(f"{path}: file not found") from err
     except OSError as err:
-        raise DataError(f"{path}: unreadable ({err})") from err
+        raise DataError(f"{path}: unreadable ({brief(err)})") from err
     if not head:
         raise DataError(f"{path}: empty file (0 bytes); expected a PNG")
     if head[:8] != PNG_SIGNATURE:
@@ -154,7 +154,7 @@ def read_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     image = read_png(sample.image_path, ImageReadMode.RGB)
     label_ids = read_png(sample.label_path, ImageReadMode.GRAY)[0]
     if label_ids.dtype != torch.uint8:  # a 16-bit PNG
-        top = int(label_ids.max()) if label_ids.numel() else 0
+        top = int(label_ids.to(torch.int32).max()) if label_ids.numel() else 0
         if top > 255:
             raise DataError(f"{sample.label_path}: a 16-bit label with ids up to {top}; expected "
                             f"8-bit Cityscapes labelIds 0…33")

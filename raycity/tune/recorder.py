@@ -19,6 +19,7 @@ import pandas as pd
 from ray import tune
 
 from raycity.data.layout import first_label_size
+from raycity.errors import brief
 from raycity.results import (
     EPOCH_COLUMNS,
     atomic_write_parquet,
@@ -27,9 +28,10 @@ from raycity.results import (
     summarize,
     table1_markdown,
 )
+from raycity.snapshots import FoldCheckpoints
 from raycity.tune.driver import StopSignals
 from raycity.tune.rundir import RunState
-from raycity.tune.trainable import USER_ERROR
+from raycity.tune.trainable import STATE_DIR, USER_ERROR
 
 
 @dataclass
@@ -60,11 +62,13 @@ def trial_key(trial: Any) -> tuple[str, int]:
 
 
 def short_error(text: object) -> str:
-    """The line of a trial's traceback that says what went wrong."""
+    """The line of a trial's traceback that says what went wrong, without the module path
+    ("DataError: …", not "raycity.data.layout.DataError: …")."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     for line in reversed(lines):
-        if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]:
-            return line
+        head = line.split(":")[0]
+        if "Error" in head or "Exception" in head:
+            return line[len(head) - len(head.rsplit(".", 1)[-1]):] if " " not in head else line
     return lines[-1] if lines else "unknown error"
 
 
@@ -96,6 +100,7 @@ class RunRecorder(tune.Callback):
         self.user_errors: dict[tuple[str, int], str] = {}
         self.retries: dict[str, int] = {}  # trial id → max_failures before a user error
         self.writers: dict[str, Any] = {}
+        self.resumed = False
 
     def __getstate__(self) -> dict:
         return {}
@@ -110,6 +115,7 @@ class RunRecorder(tune.Callback):
         run_dir = self.run.run_dir
         if not self.rows:  # a resumed driver continues the table
             self.rows = load_epochs(run_dir, self.run.state, self.run.echo).to_dict("records")
+            self.resumed = bool(self.rows)
         status_file = run_dir / "status.json"
         if status_file.is_file():
             self.status = {(c, int(f)): s for c, f, s in json.loads(status_file.read_text())}
@@ -117,6 +123,13 @@ class RunRecorder(tune.Callback):
     def on_step_begin(self, iteration, trials, **info) -> None:
         if self.run.stop is not None:
             self.run.stop.forward_to_tune()
+        if self.resumed:  # once, with the trials Tune restored: the rest will start over
+            self.resumed = False
+            restored = {trial_key(t) for t in trials}
+            kept = [r for r in self.rows if (r["config_id"], int(r["fold"])) in restored]
+            if len(kept) < len(self.rows):
+                self.rows = kept
+                self.flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         key = trial_key(trial)
@@ -193,24 +206,24 @@ class SchedulerState(tune.Callback):
 
 
 def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None]) -> pd.DataFrame:
-    """epochs.parquet, or — if it is missing or damaged — the same rows rebuilt from what Tune
-    recorded for every trial (its result.json), so that a resume never summarises fewer epochs
-    than were trained."""
+    """epochs.parquet, or — if it is missing or damaged — the same rows rebuilt from the record
+    every fold keeps of its epochs in its trial directory, so that a resume never summarises
+    fewer epochs than were trained. (Tune's own result.json starts over in each session.)"""
     path = run_dir / "epochs.parquet"
     try:
         return pd.read_parquet(path)
     except FileNotFoundError:
         reason = "missing"
     except (OSError, ValueError) as err:
-        reason = f"unreadable ({err})"
-    rows = tune_records(state.experiment_path(run_dir), state)
+        reason = f"unreadable ({brief(err)})"
+    rows = trial_records(state.experiment_path(run_dir), state)
     if rows or reason != "missing":
-        echo(f"{path}: {reason}; rebuilt {len(rows)} epoch row(s) from Ray Tune's trial records")
+        echo(f"{path}: {reason}; rebuilt {len(rows)} epoch row(s) from the trials' records")
     return epochs_frame(rows)
 
 
-def tune_records(experiment_path: str, state: RunState) -> list[dict]:
-    """Every epoch each trial reported, from Tune's per-trial result.json (JSON lines)."""
+def trial_records(experiment_path: str, state: RunState) -> list[dict]:
+    """Every epoch each trial recorded (raycity/epoch-*.json in its trial directory)."""
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path \
@@ -219,19 +232,10 @@ def tune_records(experiment_path: str, state: RunState) -> list[dict]:
     for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         if info.type != pyarrow.fs.FileType.Directory:
             continue
-        try:
-            with fs.open_input_stream(f"{info.path}/result.json") as f:
-                lines = f.read().decode().splitlines()
-        except (FileNotFoundError, OSError):
-            continue
-        for line in lines:
-            result = json.loads(line)
-            if "epoch" not in result or USER_ERROR in result:
-                continue
-            overrides = result["config"]["variant"]["overrides"]
-            rows.append({**{k: result[k] for k in EPOCH_COLUMNS if k in result},
-                         "config_id": result["config"]["variant"]["config_id"],
-                         "fold": int(result["config"]["fold"]),
+        for record in FoldCheckpoints(f"{info.path}/{STATE_DIR}", fs).records():
+            overrides = record.get("overrides", {})
+            rows.append({**{k: record[k] for k in EPOCH_COLUMNS if k in record},
+                         "config_id": record["config_id"],
                          **{hp_column(h): overrides.get(h, getattr(state.config, h))
                             for h in state.hparams}})
     return rows

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raycity.config import Config, RunOptions
-from raycity.errors import UserError
+from raycity.errors import UserError, brief
 
 EXPERIMENT_NAME = "tune"  # Tune's experiment folder inside the run dir (local storage)
 OWNER_FILE = "raycity-owner.json"  # in a shared storage's experiment folder: who resumes it
@@ -66,7 +66,7 @@ class RunState:
             raw = json.loads((run_dir / "run.json").read_text())
             config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
         except (OSError, ValueError, UserError) as err:
-            raise RunError(f"{run_dir}: not a raycity run that can be resumed ({err})") from err
+            raise RunError(f"{run_dir}: not a raycity run that can be resumed ({brief(err)})") from err
         storage = raw.get("storage")
         if "storage_path" in raw and raw["experiment_name"] != EXPERIMENT_NAME:
             storage = raw["storage_path"]  # written by raycity 0.1 for shared storage

@@ -19,7 +19,7 @@ import yaml
 from ray import tune
 
 from raycity.config import Config, ConfigError
-from raycity.errors import UserError
+from raycity.errors import UserError, brief
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
@@ -92,7 +92,7 @@ def load_space(name: str) -> Space:
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise SpaceError(f"{path}: unreadable YAML ({err})") from err
+        raise SpaceError(f"{path}: unreadable YAML ({brief(err)})") from err
     return parse_space(raw, str(path))
 
 

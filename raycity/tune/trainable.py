@@ -58,7 +58,9 @@ def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSpli
              "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
     storage = context.get_storage()
     checkpoints = FoldCheckpoints(f"{storage.trial_fs_path}/{STATE_DIR}",
-                                  storage.storage_filesystem)
+                                  storage.storage_filesystem,
+                                  labels={"config_id": variant["config_id"],
+                                          "overrides": variant["overrides"]})
 
     def report(metrics: dict[str, Any], saved: str | None) -> None:
         if saved is None:

@@ -1,0 +1,103 @@
+"""Stopping and resuming as users (and machines) do it, on one run: a worker killed, Ctrl-C, the
+run copied and moved, SIGTERM, the driver killed, the table lost, a resume of a finished run —
+and it ends with every (fold, epoch) once and the numbers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pandas as pd
+
+from tests.conftest import SMOKE_EPOCHS
+from tests.test_faults import METRICS, cv_process, rows, trial_workers, wait_for
+
+ALL = 3 * SMOKE_EPOCHS
+
+
+def finish(proc, timeout: float = 600) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def files_and_times(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*")
+            if p.is_file()}
+
+
+def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a.set_index(["fold", "epoch"])[METRICS],
+                                  b.set_index(["fold", "epoch"])[METRICS], rtol=1e-5, atol=1e-6)
+
+
+def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numbers(
+        smoke_run, tmp_path):
+    _, reference_dir = smoke_run
+    reference = rows(reference_dir)
+    env = {"RAYCITY_CACHE": os.environ["RAYCITY_CACHE"]}
+    original = tmp_path / "run"
+
+    # a trial's worker dies (Tune restarts it once, --max-failures 1); then Ctrl-C in the
+    # terminal: SIGINT to the whole process group
+    proc = cv_process(tmp_path, "--name", "run", "--max-failures", "1", env=env)
+    wait_for(lambda: len(rows(original)) >= 1, proc)
+    workers = trial_workers()
+    assert workers, "no trial worker to kill"
+    os.kill(workers[0], signal.SIGKILL)
+    wait_for(lambda: len(rows(original)) >= 2, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130, out
+    assert "interrupted (SIGINT)" in out and f"--resume {original}" in out
+    assert "Traceback" not in out and "Error" not in out, out
+    first = rows(original)
+    assert len(first) < ALL and not first.duplicated(["fold", "epoch"]).any()
+
+    # the run is copied, and the original moved elsewhere
+    copy, moved = tmp_path / "copy", tmp_path / "elsewhere" / "moved"
+    shutil.copytree(original, copy, symlinks=True)
+    moved.parent.mkdir()
+    original.rename(moved)
+
+    # SIGTERM (Slurm, Kubernetes, `timeout`) to the driver alone, while the moved run resumes
+    proc = cv_process(tmp_path, "--resume", str(moved), env=env)
+    wait_for(lambda: len(rows(moved)) > len(first), proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 143, out
+    assert "interrupted (SIGTERM)" in out and "Traceback" not in out and "core dumped" not in out
+    second = rows(moved)
+
+    # the driver is killed outright (its process group, local Ray and all)
+    proc = cv_process(tmp_path, "--resume", str(moved), env=env)
+    wait_for(lambda: len(rows(moved)) > len(second), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    # the table is lost too: the resume rebuilds it from the folds' records and finishes
+    (moved / "epochs.parquet").unlink()
+    code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env))
+    assert code == 0, out
+    assert "rebuilt" in out and "from the trials' records" in out
+    done = rows(moved)
+    assert len(done) == ALL and not done.duplicated(["fold", "epoch"]).any()
+    same_numbers(done, reference)  # as if it had never been interrupted
+    assert not original.exists()  # the move did not bring the old folder back
+    assert "| 3 | " in (moved / "summary.md").read_text()  # Table 1 over all folds
+
+    # resuming a finished run says so and rebuilds what is missing
+    (moved / "report.md").unlink()
+    before = files_and_times(moved / "checkpoints")
+    code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env))
+    assert code == 0 and "this run has finished" in out, out
+    assert (moved / "report.md").is_file()
+    assert files_and_times(moved / "checkpoints") == before  # nothing retrained
+
+    # the copy resumes in its own folder and touches nothing of the original's
+    untouched = files_and_times(moved)
+    code, out = finish(cv_process(tmp_path, "--resume", str(copy), env=env))
+    assert code == 0, out
+    assert files_and_times(moved) == untouched
+    same_numbers(rows(copy), reference)

@@ -1,0 +1,84 @@
+"""A model-based sweep killed mid-search and resumed, through real Ray Tune and the CLI, with the
+stand-in fold (known scores, tiny real checkpoints) in place of the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tests.standins import LOG, SPACE
+
+EPOCHS, FOLDS, CONFIGS = 2, 2, 3
+
+
+def sweep_process(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, LOG: str(log), "RAYCITY_STANDIN_EPOCH_S": "0.4"}
+    return subprocess.Popen([sys.executable, "-m", "tests.standin_sweep", *args], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def told(run_dir: Path) -> list[dict]:
+    try:
+        return json.loads((run_dir / "searcher.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def executed(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "search": "optuna", "seed": 3}))
+    run_dir, log = tmp_path / "out" / "search", tmp_path / "executed.jsonl"
+    args = ["--space", str(space), "--preset", "smoke", "--epochs", str(EPOCHS), "--folds",
+            str(FOLDS), "--num-samples", str(CONFIGS), "--max-concurrent", "1", "--output",
+            str(tmp_path / "out"), "--name", "search"]
+    proc = sweep_process(args, log)
+    end = time.time() + 300
+    while len(told(run_dir)) < 2:  # two configurations finished: kill mid-search
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < end, "timed out"
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at, before = time.time(), told(run_dir)
+    assert len(before) < CONFIGS
+
+    resumed = sweep_process(["--resume", str(run_dir)], log)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert len(epochs) == CONFIGS * FOLDS * EPOCHS
+    assert not epochs.duplicated(["config_id", "fold", "epoch"]).any()
+    heard = told(run_dir)
+    assert [t["config_id"] for t in heard] == [f"c{i}" for i in range(1, CONFIGS + 1)]
+    assert heard[:len(before)] == before  # nothing told twice, nothing forgotten
+    values = {(t["values"]["lr"], t["values"]["dropout"]) for t in heard}
+    assert len(values) == CONFIGS  # no configuration proposed again
+    # what the searcher heard is each configuration's fold mean, each fold at its best epoch
+    best = epochs.loc[epochs.groupby(["config_id", "fold"])["miou_low"].idxmax()]
+    means = best.groupby("config_id")["miou_full"].mean()
+    for t in heard:
+        assert abs(t["mean"] - means[t["config_id"]]) < 1e-12 and not t["error"]
+    # folds that had finished before the kill were not trained again
+    runs = executed(log)
+    finished = {(r["lr"], r["dropout"], r["fold"]) for r in runs
+                if r["epoch"] == EPOCHS and r["time"] < killed_at}
+    assert finished
+    assert not [r for r in runs if r["time"] > killed_at
+                and (r["lr"], r["dropout"], r["fold"]) in finished]
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    assert len(board) == CONFIGS and {"hp_lr", "hp_dropout"} <= set(board.columns)
+    assert (run_dir / "figures" / "sweep.png").is_file()
