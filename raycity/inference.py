@@ -20,7 +20,7 @@ from raycity.constants import NUM_CLASSES
 from raycity.data.layout import DataError, Sample, read_sample
 from raycity.data.transforms import preprocess
 from raycity.engine import forward_logits, to_device, upsample
-from raycity.model import UNetResNet50
+from raycity.model import empty_model
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,11 +73,12 @@ def load_model_meta(path: str | Path,
 
 @contextlib.contextmanager
 def threads_like_training(meta: dict, device: torch.device) -> Iterator[None]:
-    """On the CPU, the torch thread count the fold validated with: oneDNN's convolutions can
-    round differently with another count, and a barely trained model's near-tied logits turn
-    that into other pixels — evaluation must reproduce validation exactly."""
+    """For a fold trained and validated on the CPU, evaluated on the CPU: the torch thread count
+    it validated with. oneDNN's convolutions can round differently with another count, and a
+    barely trained model's near-tied logits turn that into other pixels — evaluation must
+    reproduce validation exactly. (A GPU-trained fold gets the machine's threads.)"""
     threads = meta.get("threads")
-    if device.type != "cpu" or not threads:
+    if device.type != "cpu" or meta.get("device", "cpu") != "cpu" or not threads:
         yield
         return
     before = torch.get_num_threads()
@@ -93,9 +94,9 @@ def model_from_state(state: dict, path: str | Path,
     """The model of an already loaded checkpoint (whose metadata the caller may also need),
     laid out on `device` as training laid it out (channels-last on CUDA)."""
     cfg = Config.from_dict(state["meta"]["config"])
-    model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained="none")
+    model = empty_model(NUM_CLASSES, dropout=cfg.dropout)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit UNetResNet50 "
                               f"({str(err).splitlines()[0]})") from err

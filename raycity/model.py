@@ -187,6 +187,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def empty_model(num_classes: int = NUM_CLASSES, dropout: float = 0.0,
+                device: torch.device | str = "cpu") -> UNetResNet50:
+    """The architecture with uninitialised tensors on `device`, for loading a checkpoint into:
+    drawing 147 M random weights first would only cost seconds to be overwritten. (Loading must
+    then be strict, so that no tensor is left uninitialised.)"""
+    with torch.device("meta"):
+        model = UNetResNet50(num_classes, dropout=dropout, pretrained="none")
+    return model.to_empty(device=device)
+
+
 @functools.lru_cache(maxsize=1)
 def seed_parameter_count() -> int:
     """Parameters of the seed architecture, counted on the meta device (nothing allocated)."""

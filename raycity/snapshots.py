@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
-from raycity.checkpoint import load_checkpoint
+from raycity.checkpoint import CheckpointError, load_checkpoint
 
 STATE = re.compile(r"^state-(\d+)\.pt$")
 BEST = re.compile(r"^best-(\d+)\.pt$")
@@ -172,12 +172,16 @@ class FoldCheckpoints:
         states = self._files(STATE)
         state = None
         if states:
-            with self.fs.open_input_file(self._path(states[max(states)])) as stream:
-                state = load_checkpoint(stream, map_location=map_location)
+            try:
+                with self.fs.open_input_file(self._path(states[max(states)])) as stream:
+                    state = load_checkpoint(stream, map_location=map_location)
+            except (CheckpointError, OSError):  # e.g. cut short by a power loss: start over
+                self._delete(states[max(states)])
         epoch = state["epoch"] if state else 0
-        for best_epoch, name in self._files(BEST).items():
-            if best_epoch > epoch:  # written after the state we resume from: will be recomputed
-                self._delete(name)
+        for pattern in (BEST, RECORD):  # written after the state we resume from: recomputed
+            for later, name in self._files(pattern).items():
+                if later > epoch:
+                    self._delete(name)
         if state is not None:
             self.best_epoch = state["best"]["epoch"]
             self.best_score = state["best"]["score"]

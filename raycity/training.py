@@ -33,7 +33,7 @@ from raycity.engine import (
 from raycity.errors import UserError
 from raycity.folds import FoldSplit
 from raycity.metrics import iou_per_class, mean_iou
-from raycity.model import UNetResNet50
+from raycity.model import UNetResNet50, empty_model
 from raycity.snapshots import FoldCheckpoints
 
 Report = Callable[[dict[str, Any], "str | None"], None]
@@ -84,8 +84,13 @@ def cpu_split(cpus: float, device: torch.device, num_workers: int | None) -> tup
     return whole, 0
 
 
-def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
-    model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained=cfg.pretrained).to(device)
+def build_model(cfg: Config, device: torch.device, *, empty: bool = False) -> torch.nn.Module:
+    """The seed model on `device`; `empty` for one whose state is loaded next (no init)."""
+    if empty:
+        model = empty_model(NUM_CLASSES, dropout=cfg.dropout, device=device)
+    else:
+        model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained=cfg.pretrained)
+        model = model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -199,17 +204,20 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     torch.manual_seed(cfg.seed * 1000 + split.fold)
     random.seed(cfg.seed * 1000 + split.fold)
-    resume = checkpoints.resume(map_location=device) if checkpoints is not None else None
-    model = build_model(cfg.replace(pretrained="none") if resume else cfg, device)
+    # on the CPU: RNG states must stay CPU tensors, and load_state_dict copies to the device
+    resume = checkpoints.resume(map_location="cpu") if checkpoints is not None else None
+    model = build_model(cfg, device, empty=resume is not None)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    first_epoch = 1
+    first_epoch, best = 1, {"best_epoch": 0, "best_miou_low": float("-inf"),
+                            "best_miou_full": float("nan")}
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(resume["model"], strict=True)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"], device)
         first_epoch = resume["epoch"] + 1
+        best = resume.get("best_metrics", best)
         del resume
     forward = torch.compile(model) if cfg.compile else model
     train_loader, val_loader = build_loaders(cfg, root, split, device, workers)
@@ -231,20 +239,26 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
                 f"or --image-size, keep bf16 on (drop --no-amp), or give each trial a whole GPU "
                 f"(--gpus-per-trial 1)") from err
         metrics = fold_metrics(split.fold, epoch, lr, train, val)
-        metrics["device"] = str(device)
+        if metrics["miou_low"] > best["best_miou_low"]:  # the seed's choice of best epoch
+            best = {"best_epoch": epoch, "best_miou_low": metrics["miou_low"],
+                    "best_miou_full": metrics["miou_full"]}
+        # the fold's best so far travels with every result: whoever missed an epoch (a
+        # searcher restored after a crash) still hears the fold's best
+        metrics.update(best, device=str(device))
         scheduler.step(metrics[cfg.plateau_metric])
         saved = None
         if checkpoints is not None:
             meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
                     "config": cfg.to_dict(), "created": time.time(), "threads": threads,
+                    "device": device.type,
                     "metrics": {k: float(v) for k, v in metrics.items()
                                 if isinstance(v, (int, float)) and np.isfinite(v)}}
             save = checkpoints.end_of_epoch(
                 epoch, metrics["miou_low"], model.state_dict,
-                lambda epoch=epoch, meta=meta: {
+                lambda epoch=epoch, meta=meta, best=best: {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "rng": rng_state(device), "meta": meta},
+                    "rng": rng_state(device), "meta": meta, "best_metrics": best},
                 meta, last=epoch == cfg.epochs, sync=epoch in sync_epochs)
             if epoch == cfg.epochs:
                 end = checkpoints.close()

@@ -76,6 +76,7 @@ def simulate(searcher: Any, epochs: int = 3, seed: int = 0,
 
 
 LOG = "RAYCITY_STANDIN_LOG"  # if set: a file where every executed epoch is appended
+FAIL = "RAYCITY_STANDIN_FAIL"  # "c2:2": that configuration's fold 2 diverges (a user error)
 EPOCH_S = "RAYCITY_STANDIN_EPOCH_S"  # seconds each epoch takes (default 0.5)
 
 
@@ -89,6 +90,11 @@ def standin_fold(cfg, split, root, report, *, checkpoints=None, sync_epochs=(), 
     state = checkpoints.resume() if checkpoints is not None else None
     for epoch in range((state["epoch"] + 1) if state else 1, cfg.epochs + 1):
         time.sleep(float(os.environ.get(EPOCH_S, "0.5")))
+        who = f"{(checkpoints.labels if checkpoints else {}).get('config_id')}:{split.fold}"
+        if os.environ.get(FAIL) == who:
+            from raycity.engine import NonFiniteLossError
+
+            raise NonFiniteLossError(f"fold {split.fold}, epoch {epoch}: training loss is nan")
         score = fold_score(values, split.fold, epoch, cfg.epochs, cfg.seed)
         metrics = {"fold": split.fold, "epoch": epoch, "lr": cfg.lr, "train_loss": 1 - score,
                    "val_loss": 1 - score, "miou_low": score, "miou_full": score,

@@ -39,6 +39,9 @@ class FakeController:
         self.stopped.append(trial)
         trial.status = "TERMINATED"
 
+    def _set_trial_status(self, trial, status):
+        trial.status = status
+
 
 def test_a_configuration_waits_for_all_folds_and_stops_as_a_whole():
     s = FoldMeanASHA("m", folds=3, max_t=6, grace_period=2, reduction_factor=2)
@@ -181,8 +184,11 @@ def test_scheduler_state_survives_a_driver_restart():
     for key in [("mid", 1), ("bad", 1)]:
         trials[key].status = "PENDING"
     tc.stopped.clear()
-    assert restarted.choose_trial_to_run(tc) is None  # mid fold 1 still waits for fold 2 …
-    assert tc.stopped == [trials[("bad", 1)]]  # … and a stopped configuration stays stopped
+    # Tune would start every PENDING trial: mid fold 1, still waiting for fold 2, is paused
+    # again instead, and a stopped configuration's fold is stopped
+    assert restarted.choose_trial_to_run(tc) is None
+    assert trials[("mid", 1)].status == "PAUSED"
+    assert tc.stopped == [trials[("bad", 1)]]
     assert decide(restarted, tc, trials, "mid", 1, {2: 0.7}) == [TrialScheduler.CONTINUE]
     assert restarted.choose_trial_to_run(tc) is trials[("mid", 1)]  # released once judged
     assert restarted.record[1] == s.record[1] | {"mid": pytest.approx(0.7)}

@@ -127,6 +127,8 @@ def test_resume_takes_the_newest_state_and_cleans_what_a_crash_left(tmp_path, cl
         ck.end_of_epoch(epoch, 0.1 * epoch, model.state_dict, lambda e=epoch: state(e),
                         meta(epoch), sync=True)
     after_two = copy.deepcopy(model.state_dict())
+    for epoch in (1, 2, 3):
+        ck.record({"epoch": epoch, "miou_low": 0.1 * epoch})
     # a crash later: a half-written state, and best weights of an epoch after the last state
     (tmp_path / ".state-000003.pt.tmp").write_bytes(b"half")
     torch.save({"model": model.state_dict(), "meta": meta(3)}, tmp_path / "best-000003.pt")
@@ -134,5 +136,19 @@ def test_resume_takes_the_newest_state_and_cleans_what_a_crash_left(tmp_path, cl
     state2 = resumed.resume()
     assert state2["epoch"] == 2 and torch.equal(state2["model"]["weight"], after_two["weight"])
     assert (resumed.best_epoch, resumed.best_score) == (2, pytest.approx(0.2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-000002.pt", "state-000002.pt"]
+    # epoch 3 will be trained again: its best weights and its record are gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best-000002.pt", "epoch-000001.json", "epoch-000002.json", "state-000002.pt"]
     assert FoldCheckpoints(str(tmp_path / "empty")).resume() is None  # nothing yet: start over
+
+
+def test_a_damaged_newest_state_means_starting_over_not_failing(tmp_path, clock):
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path))
+    step()
+    ck.end_of_epoch(1, 0.5, model.state_dict, lambda: state(1), meta(1), sync=True)
+    ck.record({"epoch": 1, "miou_low": 0.5})
+    (tmp_path / "state-000001.pt").write_bytes(b"cut short by a power loss")
+    resumed = FoldCheckpoints(str(tmp_path))
+    assert resumed.resume() is None and resumed.best_epoch == 0
+    assert list(tmp_path.iterdir()) == []  # nothing of the lost attempt is trusted

@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tests.standins import LOG, SPACE
+from tests.standins import FAIL, LOG, SPACE
 
 EPOCHS, FOLDS, CONFIGS = 2, 2, 3
 
 
 def sweep_process(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, LOG: str(log), "RAYCITY_STANDIN_EPOCH_S": "0.4"}
+    env = {**os.environ, LOG: str(log), "RAYCITY_STANDIN_EPOCH_S": "0.4", FAIL: "c2:2"}
     return subprocess.Popen([sys.executable, "-m", "tests.standin_sweep", *args], env=env,
                             start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -38,6 +38,8 @@ def executed(log: Path) -> list[dict]:
 
 
 def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path):
+    """Also: configuration c2's fold 2 diverges (a user error): the sweep goes on, the searcher
+    hears that c2 failed — once — and the exit code says a fold failed."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({**SPACE, "search": "optuna", "seed": 3}))
     run_dir, log = tmp_path / "out" / "search", tmp_path / "executed.jsonl"
@@ -57,10 +59,11 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
 
     resumed = sweep_process(["--resume", str(run_dir)], log)
     out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
+    assert resumed.returncode == 1, out  # c2 fold 2 failed
+    assert "Traceback" not in out and out.count("[c2 fold 2] FAILED: NonFiniteLossError") <= 1
 
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    assert len(epochs) == CONFIGS * FOLDS * EPOCHS
+    assert len(epochs) == (CONFIGS * FOLDS - 1) * EPOCHS  # all but the fold that diverged
     assert not epochs.duplicated(["config_id", "fold", "epoch"]).any()
     heard = told(run_dir)
     assert [t["config_id"] for t in heard] == [f"c{i}" for i in range(1, CONFIGS + 1)]
@@ -71,7 +74,10 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     best = epochs.loc[epochs.groupby(["config_id", "fold"])["miou_low"].idxmax()]
     means = best.groupby("config_id")["miou_full"].mean()
     for t in heard:
-        assert abs(t["mean"] - means[t["config_id"]]) < 1e-12 and not t["error"]
+        if t["config_id"] == "c2":
+            assert t["error"] and "mean" not in t  # told it failed, never a one-fold mean
+        else:
+            assert abs(t["mean"] - means[t["config_id"]]) < 1e-12 and not t["error"]
     # folds that had finished before the kill were not trained again
     runs = executed(log)
     finished = {(r["lr"], r["dropout"], r["fold"]) for r in runs
@@ -79,6 +85,7 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     assert finished
     assert not [r for r in runs if r["time"] > killed_at
                 and (r["lr"], r["dropout"], r["fold"]) in finished]
-    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    board = pd.read_parquet(run_dir / "leaderboard.parquet").set_index("config_id")
     assert len(board) == CONFIGS and {"hp_lr", "hp_dropout"} <= set(board.columns)
+    assert board.loc["c2", "folds_failed"] == 1
     assert (run_dir / "figures" / "sweep.png").is_file()

@@ -84,7 +84,7 @@ class SegmentationDataset(Dataset):
             out_image, out_mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # the CPU's only: CUDA's drives dropout
                 out_image, out_mask = self.transform(tv_tensors.Image(image),
                                                      tv_tensors.Mask(mask))
         item = {"image": out_image.as_subclass(torch.Tensor),

@@ -29,6 +29,7 @@ ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
 TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 20, 21, 22, 23
 PERSON, CAR, TRUCK, BUS, UNLABELED, EGO = 24, 26, 27, 28, 0, 1
 CITIES = ("aachen", "bochum", "cologne")
+SCENES_VERSION = 3  # part of the cache key: bump when the painter changes, so old caches go
 
 
 def paint_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -112,7 +113,8 @@ def cache_home() -> Path:
 
 def synthetic_root(counts: dict[str, int], size: tuple[int, int], seed: int = 0) -> Path:
     """The synthetic dataset for these parameters, generated once into the cache (atomically)."""
-    spec = json.dumps({"counts": counts, "size": list(size), "seed": seed, "v": 2}, sort_keys=True)
+    spec = json.dumps({"counts": counts, "size": list(size), "seed": seed, "v": SCENES_VERSION},
+                      sort_keys=True)
     target = cache_home() / "synthetic" / hashlib.sha1(spec.encode()).hexdigest()[:12]
     if (target / "spec.json").is_file():
         return target

@@ -28,8 +28,11 @@ from raycity.tune.rundir import RunError
 LOG_FILE = "ray.log"
 
 
-class Interrupted(Exception):
-    """The run was stopped by a signal; tables are consistent and `--resume` continues it."""
+class Interrupted(BaseException):
+    """The run was stopped by a signal; tables are consistent and `--resume` continues it.
+
+    A BaseException, like KeyboardInterrupt: raised from a signal handler anywhere, even inside
+    library code that catches Exception, it must reach the CLI."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -153,12 +156,17 @@ class StopSignals:
     @contextlib.contextmanager
     def tune_loop(self) -> Iterator[None]:
         # Tune's own SIGINT handler would swallow the first Ctrl-C into a stop we cannot see.
+        before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         self.in_tune = True
         try:
             yield
         finally:
             self.in_tune = False
+            if before is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before
         if self.signum is not None:
             raise Interrupted(self.signum)
 

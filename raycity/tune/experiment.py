@@ -73,6 +73,9 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
     # Checkpointing every epoch is the point; Tune's warnings about it are noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
+    # A fold that fails for the user's reason reports one last result without the searcher's
+    # metric (then raises); Tune's strict check would end the whole sweep on it.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     echo = echo or (lambda line: print(line, flush=True))
     stop, logs = StopSignals(), RayLogs(console=opts.ray_logs)
     stop.install()
@@ -116,6 +119,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         storage = opts.storage_path or None
         state = RunState(kind, cfg, list(variants), root, synthetic, storage,
                          opts.name if storage else EXPERIMENT_NAME, list(hparams), metric)
+        state.sync_epochs = list(getattr(scheduler, "rungs", ()))
         if search is not None:
             state.search = {"method": search.method, "configurations": search.configurations,
                             "max_concurrent": search.max_concurrent, "seed": search.seed,
@@ -149,7 +153,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         trainable = tune.with_resources(
             tune.with_parameters(_train_fold(), cfg=cfg, folds={f.fold: f for f in folds},
                                  data_root=state.data_root, fold_fn=fold_fn,
-                                 sync_epochs=tuple(getattr(scheduler, "rungs", ()))),
+                                 sync_epochs=tuple(state.sync_epochs)),
             {"cpu": plan.cpus, "gpu": plan.gpus, "memory": plan.memory})
         t0 = time.time()
         with recording(run_dir, state, echo, stop), stop.tune_loop():

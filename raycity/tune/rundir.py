@@ -51,6 +51,7 @@ class RunState:
     search: dict[str, Any] = field(default_factory=dict)  # method, num_samples, max_concurrent…
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     finished: bool = False
+    sync_epochs: list[int] = field(default_factory=list)  # written before reported (rungs)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -58,7 +59,7 @@ class RunState:
             "data_root": self.data_root, "synthetic": self.synthetic, "storage": self.storage,
             "experiment_name": self.experiment_name, "hparams": self.hparams,
             "metric": self.metric, "search": self.search, "run_id": self.run_id,
-            "finished": self.finished}, indent=1)
+            "finished": self.finished, "sync_epochs": self.sync_epochs}, indent=1)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
@@ -73,7 +74,7 @@ class RunState:
         return cls(raw["kind"], config, [Variant(**v) for v in raw["variants"]],
                    raw["data_root"], raw["synthetic"], storage, raw["experiment_name"],
                    raw["hparams"], raw.get("metric", "miou_full"), raw.get("search", {}),
-                   raw.get("run_id", ""), raw.get("finished", False))
+                   raw.get("run_id", ""), raw.get("finished", False), raw.get("sync_epochs", []))
 
     def experiment_path(self, run_dir: Path) -> str:
         if self.storage is None:

@@ -119,13 +119,16 @@ class FoldMeanASHA(FIFOScheduler):
         return self.broken(config_id) or config_id in self.record[rung]
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        # After a resume, Tune brings paused folds back as PENDING: they still wait for their
-        # siblings, and folds of a configuration stopped meanwhile are stopped now.
+        # After a resume, Tune brings paused folds back as PENDING — and starts every PENDING
+        # trial: those still waiting for their siblings are paused again, and folds of a
+        # configuration stopped meanwhile are stopped now.
         for trial in list(tune_controller.get_trials()):
             if trial.status in (Trial.PENDING, Trial.PAUSED) and \
                     config_of(trial)[0] in self.stopped:
                 self.waiting.pop(trial.trial_id, None)
                 tune_controller.stop_trial(trial)
+            elif trial.status == Trial.PENDING and not self._released(trial):
+                tune_controller._set_trial_status(trial, Trial.PAUSED)
         for status in (Trial.PENDING, Trial.PAUSED):
             for trial in tune_controller.get_trials():
                 if trial.status == status and self._released(trial):

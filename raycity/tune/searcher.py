@@ -58,10 +58,15 @@ def plan_search(space: Any, method: str | None = None, num_samples: int | None =
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
+        configurations = num_samples or space.num_samples
+        # TPE starts with random proposals (10 by default); a sweep of 8 would never get past
+        # them. A third of the budget, at least 3 and at most 10, leaves room to learn.
+        startup = min(10, max(3, configurations // 3))
+        sampler = TPESampler(seed=space.seed, n_startup_trials=startup)
         inner = OptunaSearch(OptunaSearch.convert_search_space(optuna_space(space)), metric=TOLD,
-                             mode="max", sampler=TPESampler(seed=space.seed))
-        return SearchPlan(method, inner, num_samples or space.num_samples, max_concurrent,
-                          space.seed, space.log_scaled), []
+                             mode="max", sampler=sampler)
+        return SearchPlan(method, inner, configurations, max_concurrent, space.seed,
+                          space.log_scaled), []
     drawn = grid_configurations(space, num_samples) if method == "grid" else \
         sample_configurations(space, num_samples)
     return SearchPlan(method, ListSearcher(drawn), len(drawn), max_concurrent, space.seed,
@@ -149,6 +154,8 @@ class FoldFanOut(Searcher):
             return
         fold = int(result["fold"])
         low, score = result.get(BEST_BY), result.get(self.metric)
+        if f"best_{BEST_BY}" in result and f"best_{self.metric}" in result:
+            low, score = result[f"best_{BEST_BY}"], result[f"best_{self.metric}"]  # the fold's own
         best = group["best"].get(fold)
         if low is not None and np.isfinite(low) and (best is None or low > best[0]):
             group["best"][fold] = (float(low), float(score))
