@@ -1,6 +1,6 @@
 """Stopping and resuming as users (and machines) do it, on one run: a worker killed, Ctrl-C, the
-run copied and moved, SIGTERM, the driver killed, the table lost, a resume of a finished run —
-and it ends with every (fold, epoch) once and the numbers of an uninterrupted run."""
+run copied and moved, SIGTERM to a resuming copy, the driver killed, the table lost, a resume of a
+finished run — and it ends with every (fold, epoch) once and the numbers of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -61,18 +61,22 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     moved.parent.mkdir()
     original.rename(moved)
 
-    # SIGTERM (Slurm, Kubernetes, `timeout`) to the driver alone, while the moved run resumes
-    proc = cv_process(tmp_path, "--resume", str(moved), env=env)
-    wait_for(lambda: len(rows(moved)) > len(first), proc)
+    # SIGTERM (Slurm, Kubernetes, `timeout`) to the driver alone, while the copy resumes in its
+    # own folder and touches nothing of the (moved) original's
+    untouched = files_and_times(moved)
+    proc = cv_process(tmp_path, "--resume", str(copy), env=env)
+    wait_for(lambda: len(rows(copy)) > len(first), proc)
     proc.send_signal(signal.SIGTERM)
     code, out = finish(proc)
     assert code == 143, out
     assert "interrupted (SIGTERM)" in out and "Traceback" not in out and "core dumped" not in out
-    second = rows(moved)
+    assert f"--resume {copy}" in out
+    assert files_and_times(moved) == untouched
 
-    # the driver is killed outright (its process group, local Ray and all)
+    # the moved run resumes where it lies; its driver is killed outright (process group, local
+    # Ray and all)
     proc = cv_process(tmp_path, "--resume", str(moved), env=env)
-    wait_for(lambda: len(rows(moved)) > len(second), proc)
+    wait_for(lambda: len(rows(moved)) > len(first), proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -95,9 +99,3 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     assert (moved / "report.md").is_file()
     assert files_and_times(moved / "checkpoints") == before  # nothing retrained
 
-    # the copy resumes in its own folder and touches nothing of the original's
-    untouched = files_and_times(moved)
-    code, out = finish(cv_process(tmp_path, "--resume", str(copy), env=env))
-    assert code == 0, out
-    assert files_and_times(moved) == untouched
-    same_numbers(rows(copy), reference)
