@@ -100,3 +100,19 @@ def test_full_resolution_is_scored_where_the_labels_are():
     flipped = evaluate(ChannelIsClass(), [{"image": image.flip(-1), "mask": low[None],
                                            "full_mask": full[None], "skipped": 0}], CPU)
     assert flipped.cm_full.trace() < 0.5 * 16 * 32  # misaligned: most pixels wrong
+
+
+def test_full_resolution_logits_are_upsampled_bilinearly_before_the_argmax():
+    """mmsegmentation and the seed resize logits (bilinear, align_corners=False), then argmax: at
+    a non-integer scale nearest-neighbour or corner-aligned resizing moves class boundaries."""
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 12, 20), 5, 1, 2)[..., 2:10, 2:18]
+    low = smooth.argmax(1)
+    size = (13, 29)
+    full = torch.nn.functional.interpolate(smooth, size=size, mode="bilinear",
+                                           align_corners=False).argmax(1)
+    nearest = torch.nn.functional.interpolate(smooth, size=size, mode="nearest").argmax(1)
+    assert (nearest != full).sum() > 10  # the case tells the two apart
+    stats = evaluate(ChannelIsClass(), [{"image": smooth, "mask": low, "full_mask": full,
+                                         "skipped": 0}], CPU)
+    assert stats.cm_full.trace() == stats.cm_full.sum() == 13 * 29
