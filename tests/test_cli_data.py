@@ -84,3 +84,6 @@ def test_trial_checkpoints_are_kept_when_asked(data_run):
     for trial in trials:
         assert list((trial / "raycity").glob("best-*.pt"))
         assert (trial / "raycity" / "done.json").is_file()
+    # each fold's exported best model is the trial's file under a second name, not a copy
+    for k in (1, 2, 3):
+        assert (run_dir / "checkpoints" / f"fold{k}.pt").stat().st_nlink == 2

@@ -152,3 +152,22 @@ def test_a_damaged_newest_state_means_starting_over_not_failing(tmp_path, clock)
     resumed = FoldCheckpoints(str(tmp_path))
     assert resumed.resume() is None and resumed.best_epoch == 0
     assert list(tmp_path.iterdir()) == []  # nothing of the lost attempt is trusted
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_fold_keeps_its_best_weights_and_its_states_only_when_asked(tmp_path, clock,
+                                                                               keep):
+    """A finished fold resumes from done.json; its 1.8-GB states would only fill a sweep's disk."""
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path), keep_states=keep)
+    for epoch in (1, 2):
+        step()
+        clock.now += 10
+        ck.end_of_epoch(epoch, 0.1 * epoch, model.state_dict, lambda e=epoch: state(e),
+                        meta(epoch), last=epoch == 2)
+    ck.close()
+    assert files(ck, "state-")  # until the fold has finished, it can resume
+    ck.mark_done({"epoch": 2})
+    assert bool(files(ck, "state-")) is keep
+    assert files(ck, "best-")[-1] == "best-000002.pt" and ck.done() == {"epoch": 2}
+    assert len(files(ck, "best-")) == (2 if keep else 1)  # the state's best stays with it

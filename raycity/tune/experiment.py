@@ -153,7 +153,8 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         trainable = tune.with_resources(
             tune.with_parameters(_train_fold(), cfg=cfg, folds={f.fold: f for f in folds},
                                  data_root=state.data_root, fold_fn=fold_fn,
-                                 sync_epochs=tuple(state.sync_epochs)),
+                                 sync_epochs=tuple(state.sync_epochs),
+                                 keep_states=opts.keep_trial_checkpoints),
             {"cpu": plan.cpus, "gpu": plan.gpus, "memory": plan.memory})
         t0 = time.time()
         with recording(run_dir, state, echo, stop), stop.tune_loop():
@@ -249,8 +250,14 @@ def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: An
     target = run_dir / "checkpoints" / f"{prefix}fold{key[1]}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    pyarrow.fs.copy_files(best[-1], str(tmp), source_filesystem=fs,
-                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+    tmp.unlink(missing_ok=True)
+    try:  # on the same disk, a second name for the file (590 MB not copied, not stored twice)
+        if not isinstance(fs, pyarrow.fs.LocalFileSystem):
+            raise OSError("remote storage")
+        os.link(best[-1], tmp)
+    except OSError:
+        pyarrow.fs.copy_files(best[-1], str(tmp), source_filesystem=fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
     os.replace(tmp, target)
 
 

@@ -43,7 +43,7 @@ def trial_device() -> torch.device:
 
 def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSplit],
                data_root: str, fold_fn: Callable[..., None] = run_fold,
-               sync_epochs: Collection[int] = ()) -> None:
+               sync_epochs: Collection[int] = (), keep_states: bool = False) -> None:
     """`params` = {"variant": {"config_id", "overrides"}, "fold"}; fixed inputs come through
     `tune.with_parameters`, so every fold of a variant trains with identical hyperparameters.
 
@@ -60,7 +60,8 @@ def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSpli
     checkpoints = FoldCheckpoints(f"{storage.trial_fs_path}/{STATE_DIR}",
                                   storage.storage_filesystem,
                                   labels={"config_id": variant["config_id"],
-                                          "overrides": variant["overrides"]})
+                                          "overrides": variant["overrides"]},
+                                  keep_states=keep_states)
 
     def report(metrics: dict[str, Any], saved: str | None) -> None:
         if saved is None:
