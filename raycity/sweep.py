@@ -57,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = build_options(args, preset_name)
         from raycity.tune.experiment import run_experiment
 
-        # with --resume, the search, metric and scheduler state come from the saved run
-        plan_ = {"variants": [], "search": None, "scheduler": None, "hparams": [],
-                 "metric": "miou_full"}
-        if not args.resume:
-            plan_ = plan(args, cfg, explicit)
+        plan_ = resumed_plan(Path(opts.run_dir)) if args.resume else plan(args, cfg, explicit)
         run_dir, summary = run_experiment("sweep", cfg, opts, plan_["variants"],
                                           hparams=plan_["hparams"], metric=plan_["metric"],
                                           scheduler=plan_["scheduler"], search=plan_["search"],
@@ -121,6 +117,32 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
         print(f"  {v.config_id}: {v.overrides}")
     return {"variants": variants, "hparams": list(space.params), "metric": space.metric,
             "scheduler": scheduler, "search": search}
+
+
+def resumed_plan(run_dir: Path) -> dict:
+    """--resume: the search and scheduler as the run was started with, rebuilt from run.json.
+    Ray Tune's saved state (what the searcher and scheduler had heard) wins where there is one;
+    these start the search of a sweep stopped before Tune had saved anything."""
+    from raycity.tune.rundir import RunState
+    from raycity.tune.scheduler import FoldMeanASHA
+    from raycity.tune.searcher import plan_search
+    from raycity.tune.space import parse_space
+
+    plan_ = {"variants": [], "search": None, "scheduler": None, "hparams": [],
+             "metric": "miou_full"}
+    if not (run_dir / "run.json").is_file():
+        return plan_  # run_experiment says what is missing
+    state = RunState.load(run_dir)
+    if not state.search.get("space"):
+        return plan_
+    space = parse_space(state.search["space"], str(run_dir / "run.json"))
+    plan_["search"], _ = plan_search(space, state.search["method"],
+                                     state.search.get("num_samples"),
+                                     state.search.get("max_concurrent"))
+    if space.scheduler:
+        plan_["scheduler"] = FoldMeanASHA(space.metric, "max", folds=state.config.folds,
+                                          max_t=state.config.epochs, **space.scheduler)
+    return plan_
 
 
 def tuned_values(run_dir: Path, epochs: pd.DataFrame, hparams: list[str]) -> pd.DataFrame:

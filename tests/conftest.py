@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,14 @@ def tiny_cityscapes(tmp_path_factory) -> Path:
     """Six train and two val scenes in the official layout, at 64×128."""
     root = tmp_path_factory.mktemp("cityscapes")
     return write_synthetic_cityscapes(root, {"train": 6, "val": 2}, (64, 128), seed=3)
+
+
+@pytest.fixture
+def tree(tmp_path, tiny_cityscapes) -> Path:
+    """A copy of `tiny_cityscapes` that a test may damage."""
+    root = tmp_path / "cs"
+    shutil.copytree(tiny_cityscapes, root)
+    return root
 
 
 SMOKE_EPOCHS = 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -17,13 +16,6 @@ from raycity.data.cache import CachedReader, build_cache, cache_size, cached_rea
 from raycity.engine import train_one_epoch
 from raycity.folds import make_folds
 from raycity.training import build_loaders, build_model, build_optimizer
-
-
-@pytest.fixture
-def tree(tmp_path, tiny_cityscapes):
-    root = tmp_path / "cs"
-    shutil.copytree(tiny_cityscapes, root)
-    return root
 
 
 def test_cache_matches_the_pngs(tree):

@@ -1,4 +1,3 @@
-import shutil
 
 import numpy as np
 import pytest
@@ -50,13 +49,6 @@ def test_reader_maps_every_label_id_of_the_table(tmp_path):
     img, mask = read_sample(sample)
     assert img.shape == (3, 4, len(ids)) and img.dtype == torch.uint8
     assert mask.numpy().tolist() == to_train_ids(label).tolist()
-
-
-@pytest.fixture
-def tree(tmp_path, tiny_cityscapes):
-    root = tmp_path / "cs"
-    shutil.copytree(tiny_cityscapes, root)
-    return root
 
 
 def first(root, kind):

@@ -220,3 +220,22 @@ def test_a_users_mistake_inside_a_trial_fails_each_fold_once_in_one_line(
     assert failures == [1, 1, 1]  # never retried
     assert not (run_dir / "junk.txt").exists() and (run_dir / "run.json").is_file()
     assert "| 1 (failed: DataError" in (run_dir / "summary.md").read_text()
+
+
+def test_a_copy_of_a_run_on_shared_storage_refuses_to_resume_a_moved_one_does_not(tmp_path):
+    """On shared storage the experiment lives outside the run directory; a copy would train
+    into — and clean up — the original's trials."""
+    from raycity.tune.rundir import RunError, RunState, claim_storage
+
+    state = RunState("cv", preset("smoke"), [Variant("cv")], str(tmp_path / "data"), False,
+                     str(tmp_path / "shared"), "r", [])
+    original, copy, moved = tmp_path / "r", tmp_path / "r2", tmp_path / "r3"
+    original.mkdir()
+    (original / "run.json").write_text(state.to_json())
+    claim_storage(state, original)
+    shutil.copytree(original, copy)
+    with pytest.raises(RunError, match=f"this is a copy of {original}.*Resume {original} instead"):
+        claim_storage(state, copy)
+    claim_storage(state, original)  # the original itself resumes
+    original.rename(moved)
+    claim_storage(state, moved)  # moved: the original is gone, the run now lives here

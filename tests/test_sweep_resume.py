@@ -20,7 +20,8 @@ EPOCHS, FOLDS, CONFIGS = 2, 2, 3
 
 
 def sweep_process(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, LOG: str(log), "RAYCITY_STANDIN_EPOCH_S": "0.4", FAIL: "c2:2"}
+    env = {**os.environ, LOG: str(log), "RAYCITY_STANDIN_EPOCH_S": "0.4", FAIL: "c2:2",
+           "RAY_AUTH_MODE": "token"}  # what raycity's own entry points set before Ray loads
     return subprocess.Popen([sys.executable, "-m", "tests.standin_sweep", *args], env=env,
                             start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -38,15 +39,29 @@ def executed(log: Path) -> list[dict]:
 
 
 def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path):
-    """Also: configuration c2's fold 2 diverges (a user error): the sweep goes on, the searcher
-    hears that c2 failed — once — and the exit code says a fold failed."""
+    """Also: Ctrl-C before any trial reported (one line, exit 130); configuration c2's fold 2
+    diverges (a user error): the sweep goes on, the searcher hears that c2 failed — once — and
+    the exit code says a fold failed."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({**SPACE, "search": "optuna", "seed": 3}))
     run_dir, log = tmp_path / "out" / "search", tmp_path / "executed.jsonl"
     args = ["--space", str(space), "--preset", "smoke", "--epochs", str(EPOCHS), "--folds",
             str(FOLDS), "--num-samples", str(CONFIGS), "--max-concurrent", "1", "--output",
             str(tmp_path / "out"), "--name", "search"]
+    # Ctrl-C as soon as the run exists, before any trial has reported: one line, exit 130
     proc = sweep_process(args, log)
+    end = time.time() + 120
+    while not (run_dir / "run.json").is_file():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < end, "timed out"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted (SIGINT)" in out and f"--resume {run_dir}" in out, out
+    assert "Traceback" not in out and "Error" not in out, out
+
+    proc = sweep_process(["--resume", str(run_dir)], log)
     end = time.time() + 300
     while len(told(run_dir)) < 2:  # two configurations finished: kill mid-search
         assert proc.poll() is None, proc.stdout.read()

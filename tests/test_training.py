@@ -4,7 +4,6 @@ without the cache, and the learning-rate schedule it promises."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -21,13 +20,6 @@ from raycity.snapshots import FoldCheckpoints
 from raycity.training import FoldSteps, build_loaders, run_fold
 
 METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
-
-
-@pytest.fixture
-def tree(tmp_path, tiny_cityscapes):
-    root = tmp_path / "cs"
-    shutil.copytree(tiny_cityscapes, root)
-    return root
 
 
 def test_resume_with_two_workers_equals_an_uninterrupted_fold(smoke_run, tmp_path):

@@ -3,8 +3,6 @@ what was expected — never a traceback, never a retry, nothing written."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,13 +16,6 @@ def one_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     return err
-
-
-@pytest.fixture
-def tree(tmp_path, tiny_cityscapes):
-    root = tmp_path / "cs"
-    shutil.copytree(tiny_cityscapes, root)
-    return root
 
 
 def first_label(root):
@@ -121,6 +112,19 @@ def test_a_truncated_cache_falls_back_to_the_pngs_with_one_warning(tree):
     with pytest.warns(UserWarning, match="images.npy is damaged.*reading PNGs instead") as seen:
         assert cached_reader(tree, (32, 64), 0.2) is None
     assert len(seen) == 1
+
+
+def test_a_damaged_cache_is_said_on_the_console_before_launch(tree, tmp_path, capsys,
+                                                             ray_session):
+    """The trials fall back to the PNGs and warn in the run's log; the user reads it here, once,
+    before anything launches (the run then stops on a request no node can hold)."""
+    from raycity.data.cache import build_cache
+
+    images = build_cache(tree, (32, 64), 0.2, progress=False) / "images.npy"  # smoke's size
+    images.write_bytes(images.read_bytes()[:100])
+    assert run(["--data-root", str(tree), "--cpus-per-trial", "64"], tmp_path / "out") == 2
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1 and "images.npy is damaged" in out, out
 
 
 def test_the_dashboard_says_where_its_login_token_is(capsys, monkeypatch):

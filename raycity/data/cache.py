@@ -157,6 +157,15 @@ def cached_reader(root: str | Path, image_size: tuple[int, int], scale_jitter: f
     return CachedReader(directory, index, split)
 
 
+def cache_problem(root: str | Path, image_size: tuple[int, int], scale_jitter: float) -> str | None:
+    """Why an existing cache cannot be used, if so: the driver says it once on the console;
+    the trials' own warnings go to the run's log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cached_reader(root, image_size, scale_jitter)
+    return str(caught[0].message) if caught else None
+
+
 def _stale(directory: Path, why: str) -> None:
     warnings.warn(f"{directory}: stale cache ({why}); reading PNGs instead. Rebuild with "
                   f"`python -m raycity.data cache --data-root ...`.", stacklevel=3)

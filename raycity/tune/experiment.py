@@ -16,6 +16,7 @@ import pandas as pd
 
 from raycity.config import Config, RunOptions, config_json
 from raycity.data import find_samples
+from raycity.data.cache import cache_problem
 from raycity.data.layout import check_pairs
 from raycity.data.synthetic import dataset_root
 from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
@@ -114,6 +115,8 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
             echo(f"--skip-bad-samples: {len(bad)} unreadable pair(s) will be skipped and "
                  f"counted, e.g. {bad[0]}")
         check_pretrained(cfg.pretrained)
+        if (problem := cache_problem(root, cfg.image_size, cfg.scale_jitter)) is not None:
+            echo(f"warning: {problem}")
         folds = make_folds([s.key for s in samples], cfg.folds, cfg.seed,
                            groups=[s.city for s in samples] if cfg.group_by == "city" else None)
         storage = opts.storage_path or None
@@ -123,7 +126,8 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         if search is not None:
             state.search = {"method": search.method, "configurations": search.configurations,
                             "max_concurrent": search.max_concurrent, "seed": search.seed,
-                            "log_scaled": search.log_scaled}
+                            "log_scaled": search.log_scaled, "space": search.space,
+                            "num_samples": search.num_samples}
     cfg = state.config
     configurations = state.search.get("configurations", len(state.variants))
     if state.synthetic:

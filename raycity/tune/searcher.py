@@ -40,6 +40,9 @@ class SearchPlan:
     max_concurrent: int | None = None
     seed: int = 0
     log_scaled: list[str] = field(default_factory=list)  # fields sampled on a log scale
+    # what rebuilds this plan on a resume that finds no Tune state (stopped before it had any)
+    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int | None = None
 
 
 def plan_search(space: Any, method: str | None = None, num_samples: int | None = None,
@@ -55,8 +58,11 @@ def plan_search(space: Any, method: str | None = None, num_samples: int | None =
 
     method = method or space.method
     if method == "optuna":
+        import optuna
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study INFO, not the epochs
 
         configurations = num_samples or space.num_samples
         # TPE starts with random proposals (10 by default); a sweep of 8 would never get past
@@ -66,11 +72,11 @@ def plan_search(space: Any, method: str | None = None, num_samples: int | None =
         inner = OptunaSearch(OptunaSearch.convert_search_space(optuna_space(space)), metric=TOLD,
                              mode="max", sampler=sampler)
         return SearchPlan(method, inner, configurations, max_concurrent, space.seed,
-                          space.log_scaled), []
+                          space.log_scaled, space.raw, num_samples), []
     drawn = grid_configurations(space, num_samples) if method == "grid" else \
         sample_configurations(space, num_samples)
     return SearchPlan(method, ListSearcher(drawn), len(drawn), max_concurrent, space.seed,
-                      space.log_scaled), drawn
+                      space.log_scaled, space.raw, num_samples), drawn
 
 
 def fan_out(plan: SearchPlan, folds: Sequence[int], metric: str) -> FoldFanOut:

@@ -49,6 +49,7 @@ class Space:
     grid: dict[str, list] = field(default_factory=dict)
     specs: dict[str, tuple[str, list]] = field(default_factory=dict)  # name → (sampler, args)
     search: str | None = None  # random | grid | optuna; None: what the samplers imply
+    raw: dict[str, Any] = field(default_factory=dict)  # the YAML as read, kept with the run
 
     @property
     def method(self) -> str:
@@ -172,7 +173,7 @@ def parse_space(raw: Any, path: str = "<space>") -> Space:
     search = raw.get("search")
     if search is not None and search not in SEARCHES:
         raise err("search", f"expected one of {list(SEARCHES)}, got {search!r}")
-    return Space(path, params, num_samples, metric, scheduler, seed, grid, specs, search)
+    return Space(path, params, num_samples, metric, scheduler, seed, grid, specs, search, raw)
 
 
 def _number(value: Any, kind: type, key: str, err) -> Any:
