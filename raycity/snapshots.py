@@ -26,7 +26,6 @@ weights newer than that state, which will be recomputed) are removed first.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import re
 import threading
@@ -39,6 +38,7 @@ import pyarrow.fs as pafs
 import torch
 
 from raycity.checkpoint import CheckpointError, load_checkpoint
+from raycity.hostcopy import HostBuffers, tensor_bytes
 
 STATE = re.compile(r"^state-(\d+)\.pt$")
 BEST = re.compile(r"^best-(\d+)\.pt$")
@@ -53,38 +53,6 @@ class EpochSave:
     seconds: float = 0.0  # spent in the training loop: host copies and waiting for the writer
     bytes: int = 0  # bytes whose writing finished since the last epoch
     saved: str | None = None  # a state file that completed since the last report
-
-
-class _HostBuffers:
-    """Host copies of a nested state, allocated on first use and reused (pinned for CUDA)."""
-
-    def __init__(self) -> None:
-        self.tensors: dict[tuple, torch.Tensor] = {}
-
-    def copy(self, obj: Any, path: tuple = ()) -> Any:
-        if isinstance(obj, torch.Tensor):
-            buf = self.tensors.get(path)
-            if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
-                buf = torch.empty(obj.shape, dtype=obj.dtype, device="cpu",
-                                  pin_memory=obj.is_cuda)
-                self.tensors[path] = buf
-            buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
-            return buf
-        if isinstance(obj, dict):
-            return {k: self.copy(v, (*path, k)) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(self.copy(v, (*path, i)) for i, v in enumerate(obj))
-        return copy.deepcopy(obj)
-
-
-def _nbytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
 
 
 class FoldCheckpoints:
@@ -103,7 +71,7 @@ class FoldCheckpoints:
         self._best_on_disk = 0  # epoch of the newest best-*.pt written
         self._state_best = 0  # the best epoch that the newest complete state refers to
         self._best: dict | None = None  # host copy of the best weights + metadata
-        self._best_buffers, self._state_buffers = _HostBuffers(), _HostBuffers()
+        self._best_buffers, self._state_buffers = HostBuffers(), HostBuffers()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._done: list[tuple[str, int]] = []  # (state file or "", bytes) finished by the thread
@@ -124,7 +92,7 @@ class FoldCheckpoints:
         with self.fs.open_output_stream(tmp) as stream:
             torch.save(obj, stream)
         self.fs.move(tmp, self._path(name))  # atomic on a local or POSIX shared filesystem
-        return _nbytes(obj)
+        return tensor_bytes(obj)
 
     def _delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

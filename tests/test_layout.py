@@ -8,8 +8,8 @@ import sys
 
 CORE = ["raycity.config", "raycity.constants", "raycity.data", "raycity.data.cache",
         "raycity.folds", "raycity.model", "raycity.metrics", "raycity.engine", "raycity.training",
-        "raycity.checkpoint", "raycity.snapshots", "raycity.inference", "raycity.results",
-        "raycity.figures", "raycity.report", "raycity.evaluate", "raycity.predict"]
+        "raycity.checkpoint", "raycity.snapshots", "raycity.hostcopy", "raycity.inference",
+        "raycity.results", "raycity.figures", "raycity.report", "raycity.evaluate", "raycity.predict"]
 
 
 def test_core_and_outputs_import_without_ray():
