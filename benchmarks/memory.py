@@ -21,7 +21,7 @@ from common import machine, table  # noqa: E402
 
 from raycity.cli import image_size  # noqa: E402
 from raycity.config import preset  # noqa: E402
-from raycity.engine import autocast  # noqa: E402
+from raycity.engine import autocast, pick_device  # noqa: E402
 from raycity.training import build_model, build_optimizer  # noqa: E402
 
 GIB = 2**30
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--image-size", type=image_size, default=(512, 1024))
     p.add_argument("--batch-size", type=int, default=2)
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     cfg = preset("smoke", image_size=args.image_size, batch_size=args.batch_size)
     model = build_model(cfg, device)
     optimizer = build_optimizer(cfg, model)

@@ -23,7 +23,7 @@ from common import machine, table  # noqa: E402
 
 from raycity.cli import image_size  # noqa: E402
 from raycity.config import preset  # noqa: E402
-from raycity.engine import autocast, train_one_epoch  # noqa: E402
+from raycity.engine import autocast, pick_device, train_one_epoch  # noqa: E402
 from raycity.training import build_model, build_optimizer  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 peak (H100 SXM: 989)")
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     size = args.image_size or ((512, 1024) if device.type == "cuda" else (64, 128))
     steps = args.steps or (20 if device.type == "cuda" else 4)
     cfg = preset("smoke", image_size=size, batch_size=args.batch_size)

@@ -53,6 +53,11 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     return contextlib.nullcontext()
 
 
+def pick_device() -> torch.device:
+    """For in-process use (evaluate, predict, benchmarks); a Ray trial uses the GPUs Ray granted it."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
     if channels_last and device.type == "cuda":

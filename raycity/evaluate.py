@@ -23,6 +23,7 @@ from raycity.data import find_samples
 from raycity.data.layout import Sample
 from raycity.data.synthetic import dataset_root
 from raycity.data.transforms import resize_mask
+from raycity.engine import pick_device
 from raycity.inference import (
     TTA,
     load_model_meta,
@@ -57,10 +58,11 @@ def run_data_root(run_dir: Path, data_root: str | None) -> str:
     run = run_dir / "run.json"
     if not run.is_file():
         raise FileNotFoundError(f"{run}: missing; pass --data-root")
-    if json.loads(run.read_text()).get("synthetic"):
+    saved = json.loads(run.read_text())
+    if saved.get("synthetic"):
         config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
         return dataset_root(config)[0]
-    return json.loads(run.read_text())["data_root"]
+    return saved["data_root"]
 
 
 def score_rows(cms: dict[tuple[str, str], dict[str, torch.Tensor]], split: str, images: int,
@@ -84,7 +86,7 @@ def evaluate_models(checkpoints: dict[str, Path], data_root: str, split: str, tt
                     ensemble: bool, device: torch.device | None = None, progress: bool = True,
                     samples: Sequence[Sample] | None = None) -> pd.DataFrame:
     """One pass over the split; per model, per TTA, and the ensemble's mean softmax."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or pick_device()
     loaded = {name: load_model_meta(path, device) for name, path in checkpoints.items()}
     cfg, meta = next(iter(loaded.values()))[1:]
     with threads_like_training(meta, device):
@@ -128,7 +130,7 @@ def evaluate_folds(run_dir: Path, data_root: str, device: torch.device | None = 
                    progress: bool = True) -> pd.DataFrame:
     """Each fold's best model on its own validation images, at both resolutions, batched as
     validation batches them: equal to that fold's row of summary.parquet."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or pick_device()
     folds = {f["fold"]: f["val"] for f in json.loads((run_dir / "folds.json").read_text())["folds"]}
     tables = []
     for name, path in run_checkpoints(run_dir).items():

@@ -19,6 +19,7 @@ from raycity.cli import fail, user_errors
 from raycity.constants import TRAIN_TO_LABEL
 from raycity.data import find_samples
 from raycity.data.layout import Sample, read_png
+from raycity.engine import pick_device
 from raycity.evaluate import run_checkpoints, run_data_root
 from raycity.figures import colorize
 from raycity.inference import (
@@ -33,7 +34,7 @@ from raycity.inference import (
 def export_predictions(checkpoint: Path, data_root: str, split: str, out: Path, *,
                        color: bool = False, tta: TTA = TTA(), progress: bool = True) -> tuple[int, int]:
     """(written, skipped): PNGs for every readable image, batched as validation batches."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     model, cfg, meta = load_model_meta(checkpoint, device)
     with threads_like_training(meta, device):
         return _export(model, cfg, data_root, split, out, color, tta, progress, device)

@@ -45,19 +45,16 @@ def panel_samples(run_dir: Path, fold: int) -> list[Sample]:
 def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | None = None):
     """(panel RGB, boxes, predictions, samples shown) for a fold's best checkpoint on the first
     PANEL_IMAGES readable samples; unreadable ones are skipped when the run skipped them."""
-    from raycity.checkpoint import load_checkpoint
     from raycity.figures import prediction_panel
     from raycity.inference import (
-        model_from_state,
+        load_model_meta,
         predict_batch,
         readable_batches,
         threads_like_training,
     )
 
     device = device or torch.device("cpu")
-    state = load_checkpoint(checkpoint)  # read once: weights and the metadata for the title
-    model, cfg = model_from_state(state, checkpoint, device)
-    meta = state["meta"]
+    model, cfg, meta = load_model_meta(checkpoint, device)  # read once: weights and title
     shown, pairs = [], []
     for kept, batch, _ in readable_batches(samples, 1, cfg.skip_bad_samples):
         shown += kept
@@ -65,13 +62,13 @@ def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | N
         if len(shown) == PANEL_IMAGES:
             break
     rows, preds = [], []
-    for image, truth in pairs:
-        with threads_like_training(meta, device):
+    with threads_like_training(meta, device):
+        for image, truth in pairs:
             pred = predict_batch([model], [image], cfg, device=device)[0].full
-        pred = pred.argmax(0).cpu().numpy().astype(np.uint8)
-        preds.append(pred)
-        rows.append((display(image.permute(1, 2, 0).numpy()), display(truth.numpy()),
-                     display(pred)))
+            pred = pred.argmax(0).cpu().numpy().astype(np.uint8)
+            preds.append(pred)
+            rows.append((display(image.permute(1, 2, 0).numpy()), display(truth.numpy()),
+                         display(pred)))
     title = (f"Prediction, fold {meta['fold']}, best epoch {meta['epoch']} "
              f"(val mIoU low {meta['metrics'].get('miou_low', float('nan')):.3f})")
     panel, boxes = prediction_panel(rows, title, [s.name for s in shown])

@@ -104,6 +104,10 @@ class FoldCheckpoints:
             stream.write(json.dumps(obj, default=float).encode())
         self.fs.move(tmp, self._path(name))
 
+    def _read_json(self, name: str) -> Any:
+        with self.fs.open_input_stream(self._path(name)) as stream:
+            return json.loads(stream.read())
+
     def record(self, metrics: dict[str, Any]) -> None:
         """The epoch's metrics, durably, beside the states."""
         self._write_json(f"epoch-{int(metrics['epoch']):06d}.json", {**self.labels, **metrics})
@@ -119,17 +123,12 @@ class FoldCheckpoints:
     def done(self) -> dict[str, Any] | None:
         """The last epoch's metrics if this fold has finished (a restarted trial need not train)."""
         try:
-            with self.fs.open_input_stream(self._path(DONE)) as stream:
-                return json.loads(stream.read())
+            return self._read_json(DONE)
         except (FileNotFoundError, OSError, ValueError):
             return None
 
     def records(self) -> list[dict[str, Any]]:
-        out = []
-        for name in self._files(RECORD).values():
-            with self.fs.open_input_stream(self._path(name)) as stream:
-                out.append(json.loads(stream.read()))
-        return out
+        return [self._read_json(name) for name in self._files(RECORD).values()]
 
     def best_file(self) -> str | None:
         """Path of the newest best weights on disk (after `close`, the fold's best epoch)."""

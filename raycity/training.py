@@ -28,6 +28,7 @@ from raycity.engine import (
     TrainStats,
     cross_entropy,
     evaluate,
+    pick_device,
     train_one_epoch,
 )
 from raycity.errors import UserError
@@ -54,11 +55,6 @@ class FoldSteps:
 
     train: Callable[..., TrainStats] = train_one_epoch
     evaluate: Callable[..., EvalStats] = evaluate
-
-
-def pick_device() -> torch.device:
-    """For in-process use (benchmarks, notebooks); a Ray trial uses the GPUs Ray granted it."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_device(device: torch.device) -> None:

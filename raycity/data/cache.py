@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from raycity.data.layout import DataError, Sample, find_samples, read_sample
+from raycity.data.transforms import resize_image
 from raycity.errors import brief
 
 CACHE_DIRNAME = "raycity-cache"
@@ -93,8 +93,8 @@ def build_cache(root: str | Path, image_size: tuple[int, int], scale_jitter: flo
 
 
 def _resized(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """H×W×3 uint8 at `size`, by the same call as `transforms.preprocess` (bit-identical)."""
-    return TF.resize(image, list(size), antialias=True).permute(1, 2, 0).numpy()
+    """H×W×3 uint8 at `size`, by the resize `transforms.preprocess` makes (bit-identical)."""
+    return resize_image(image, size).permute(1, 2, 0).numpy()
 
 
 class CachedReader:

@@ -40,6 +40,11 @@ def normalize() -> list[v2.Transform]:
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
+def resize_image(image: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
+    """uint8 3×H×W at `size`, antialiased: the resize of validation and of the cache alike."""
+    return TF.resize(image.as_subclass(torch.Tensor), list(size), antialias=True)
+
+
 def preprocess(image: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
     """uint8 3×H×W → the network's input at `size`.
 
@@ -47,8 +52,8 @@ def preprocess(image: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.
     `raycity.evaluate`, `raycity.predict` and the decode-once cache all use, so that they feed
     the network bit-identical tensors and score the same mIoU for the same checkpoint.
     """
-    image = TF.resize(image.as_subclass(torch.Tensor), list(size), antialias=True)
-    return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+    return TF.normalize(TF.to_dtype(resize_image(image, size), torch.float32, scale=True),
+                        IMAGENET_MEAN, IMAGENET_STD)
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
