@@ -66,7 +66,6 @@ class FoldCheckpoints:
         self.directory = directory.rstrip("/")
         self.budget = budget
         self.labels = labels or {}  # written into every record (e.g. which configuration)
-        self.fs.create_dir(self.directory, recursive=True)
         self.best_epoch, self.best_score = 0, float("-inf")
         self._best_on_disk = 0  # epoch of the newest best-*.pt written
         self._state_best = 0  # the best epoch that the newest complete state refers to
@@ -87,11 +86,17 @@ class FoldCheckpoints:
         return {int(m.group(1)): i.base_name for i in infos
                 if i.type == pafs.FileType.File and (m := pattern.match(i.base_name))}
 
-    def _write(self, name: str, obj: Any) -> int:
+    def _put(self, name: str, write: Callable[[Any], Any]) -> None:
+        """Written under a temporary name, then renamed: a reader never sees half a file. (The
+        directory is made here, not on construction: reading a fold's files creates nothing.)"""
+        self.fs.create_dir(self.directory, recursive=True)
         tmp = self._path(f".{name}.tmp")
         with self.fs.open_output_stream(tmp) as stream:
-            torch.save(obj, stream)
+            write(stream)
         self.fs.move(tmp, self._path(name))  # atomic on a local or POSIX shared filesystem
+
+    def _write(self, name: str, obj: Any) -> int:
+        self._put(name, lambda stream: torch.save(obj, stream))
         return tensor_bytes(obj)
 
     def _delete(self, name: str) -> None:
@@ -99,10 +104,7 @@ class FoldCheckpoints:
             self.fs.delete_file(self._path(name))
 
     def _write_json(self, name: str, obj: Any) -> None:
-        tmp = self._path(f".{name}.tmp")
-        with self.fs.open_output_stream(tmp) as stream:
-            stream.write(json.dumps(obj, default=float).encode())
-        self.fs.move(tmp, self._path(name))
+        self._put(name, lambda stream: stream.write(json.dumps(obj, default=float).encode()))
 
     def _read_json(self, name: str) -> Any:
         with self.fs.open_input_stream(self._path(name)) as stream:

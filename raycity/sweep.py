@@ -86,8 +86,7 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
     """Space → variants, search, scheduler, tuned fields, metric; every error before anything
     runs."""
     from raycity.tune.rundir import Variant
-    from raycity.tune.scheduler import FoldMeanASHA
-    from raycity.tune.searcher import plan_search
+    from raycity.tune.searcher import config_name
     from raycity.tune.space import SpaceError, check_against, load_space
 
     if not args.space:
@@ -101,16 +100,12 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
                         ("--max-concurrent", args.max_concurrent)):
         if value is not None and value < 1:
             raise SpaceError(f"{flag} {value}: expected an integer ≥ 1")
-    search, drawn = plan_search(space, args.search, args.num_samples, args.max_concurrent)
+    search, drawn, scheduler = searching(space, args.search, args.num_samples,
+                                         args.max_concurrent, cfg)
     # every configuration (for optuna: every value at the limits of its domain) must make a
     # valid Config before anything launches
     check_against(cfg, drawn or space.extremes(), space.path)
-    width = len(str(len(drawn)))
-    variants = [Variant(f"c{i + 1:0{width}d}", values) for i, values in enumerate(drawn)]
-    scheduler = None
-    if space.scheduler:
-        scheduler = FoldMeanASHA(space.metric, "max", folds=cfg.folds, max_t=cfg.epochs,
-                                 **space.scheduler)
+    variants = [Variant(config_name(i + 1, len(drawn)), values) for i, values in enumerate(drawn)]
     print(f"sweep {space.path}: {search.method} search, {search.configurations} configurations "
           f"× {cfg.folds} folds")
     for v in variants:
@@ -119,13 +114,23 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
             "scheduler": scheduler, "search": search}
 
 
+def searching(space, method: str | None, num_samples: int | None, max_concurrent: int | None,
+              cfg) -> tuple:
+    """(search plan, configurations drawn up front, fold-mean ASHA or None) for a space."""
+    from raycity.tune.scheduler import FoldMeanASHA
+    from raycity.tune.searcher import plan_search
+
+    search, drawn = plan_search(space, method, num_samples, max_concurrent)
+    scheduler = FoldMeanASHA(space.metric, "max", folds=cfg.folds, max_t=cfg.epochs,
+                             **space.scheduler) if space.scheduler else None
+    return search, drawn, scheduler
+
+
 def resumed_plan(run_dir: Path) -> dict:
     """--resume: the search and scheduler as the run was started with, rebuilt from run.json.
     Ray Tune's saved state (what the searcher and scheduler had heard) wins where there is one;
     these start the search of a sweep stopped before Tune had saved anything."""
     from raycity.tune.rundir import RunState
-    from raycity.tune.scheduler import FoldMeanASHA
-    from raycity.tune.searcher import plan_search
     from raycity.tune.space import parse_space
 
     plan_ = {"variants": [], "search": None, "scheduler": None, "hparams": [],
@@ -136,12 +141,9 @@ def resumed_plan(run_dir: Path) -> dict:
     if not state.search.get("space"):
         return plan_
     space = parse_space(state.search["space"], str(run_dir / "run.json"))
-    plan_["search"], _ = plan_search(space, state.search["method"],
-                                     state.search.get("num_samples"),
-                                     state.search.get("max_concurrent"))
-    if space.scheduler:
-        plan_["scheduler"] = FoldMeanASHA(space.metric, "max", folds=state.config.folds,
-                                          max_t=state.config.epochs, **space.scheduler)
+    plan_["search"], _, plan_["scheduler"] = searching(
+        space, state.search["method"], state.search.get("num_samples"),
+        state.search.get("max_concurrent"), state.config)
     return plan_
 
 

@@ -38,10 +38,6 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports it
-
 
 class RayLogs:
     """Ray's Python log records, held in memory until the run directory exists, then written to

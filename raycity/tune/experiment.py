@@ -22,6 +22,7 @@ from raycity.data.synthetic import dataset_root
 from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
 from raycity.model import check_pretrained
 from raycity.results import atomic_write_text
+from raycity.snapshots import FoldCheckpoints
 from raycity.training import run_fold
 from raycity.tune.driver import RayLogs, StopSignals, connect_ray
 from raycity.tune.recorder import (
@@ -51,7 +52,7 @@ from raycity.tune.rundir import (
     create_run_dir,
 )
 from raycity.tune.searcher import SearchPlan, fan_out
-from raycity.tune.trainable import STATE_DIR
+from raycity.tune.trainable import STATE_DIR, train_fold
 
 __all__ = ["Variant", "run_experiment"]
 
@@ -155,7 +156,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         if opts.resume and not (run_dir / "epochs.parquet").is_file():
             write_tables(run_dir, state, load_epochs(run_dir, state, echo), {})
         trainable = tune.with_resources(
-            tune.with_parameters(_train_fold(), cfg=cfg, folds={f.fold: f for f in folds},
+            tune.with_parameters(train_fold, cfg=cfg, folds={f.fold: f for f in folds},
                                  data_root=state.data_root, fold_fn=fold_fn,
                                  sync_epochs=tuple(state.sync_epochs),
                                  keep_states=opts.keep_trial_checkpoints),
@@ -203,12 +204,6 @@ def resource_plan(cfg: Config, opts: RunOptions, trials: int) -> TrialPlan:
     return plan
 
 
-def _train_fold():
-    from raycity.tune.trainable import train_fold
-
-    return train_fold
-
-
 def build_tuner(trainable: Any, state: RunState, run_dir: Path, folds: Sequence[FoldSplit],
                 opts: RunOptions, scheduler: Any, search: SearchPlan | None):
     from ray import tune
@@ -245,10 +240,9 @@ def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: An
     into its storage, as checkpoints/[<config>_]fold<k>.pt."""
     import pyarrow.fs
 
-    fs, directory = result.filesystem, f"{result.path}/{STATE_DIR}"
-    best = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(
-        directory, allow_not_found=True)) if i.base_name.startswith("best-"))
-    if not best:
+    fs = result.filesystem
+    best = FoldCheckpoints(f"{result.path}/{STATE_DIR}", fs).best_file()
+    if best is None:
         return
     prefix = "" if state.kind == "cv" else f"{key[0]}_"
     target = run_dir / "checkpoints" / f"{prefix}fold{key[1]}.pt"
@@ -258,9 +252,9 @@ def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: An
     try:  # on the same disk, a second name for the file (590 MB not copied, not stored twice)
         if not isinstance(fs, pyarrow.fs.LocalFileSystem):
             raise OSError("remote storage")
-        os.link(best[-1], tmp)
+        os.link(best, tmp)
     except OSError:
-        pyarrow.fs.copy_files(best[-1], str(tmp), source_filesystem=fs,
+        pyarrow.fs.copy_files(best, str(tmp), source_filesystem=fs,
                               destination_filesystem=pyarrow.fs.LocalFileSystem())
     os.replace(tmp, target)
 

@@ -78,6 +78,11 @@ def hp_column(name: str) -> str:
     return f"hp_{name}"
 
 
+def tuned(state: RunState, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The `hp_*` columns of a row: the configuration's values, the run's for the rest."""
+    return {hp_column(h): overrides.get(h, getattr(state.config, h)) for h in state.hparams}
+
+
 def write_told(told: list[dict]) -> None:
     """searcher.json: what a sweep's searcher was told, configuration by configuration, in order
     (the figure's best-so-far curve, and the check that it heard the fold means)."""
@@ -141,9 +146,7 @@ class RunRecorder(tune.Callback):
         state = self.run.state
         overrides = trial.config["variant"]["overrides"]
         row = {k: result[k] for k in EPOCH_COLUMNS if k in result}
-        row.update({"config_id": key[0], "fold": key[1],
-                    **{hp_column(h): overrides.get(h, getattr(state.config, h))
-                       for h in state.hparams}})
+        row.update({"config_id": key[0], "fold": key[1], **tuned(state, overrides)})
         self.rows.append(row)
         self.status.pop(key, None)
         self.flush(key[1])
@@ -235,9 +238,7 @@ def trial_records(experiment_path: str, state: RunState) -> list[dict]:
         for record in FoldCheckpoints(f"{info.path}/{STATE_DIR}", fs).records():
             overrides = record.get("overrides", {})
             rows.append({**{k: record[k] for k in EPOCH_COLUMNS if k in record},
-                         "config_id": record["config_id"],
-                         **{hp_column(h): overrides.get(h, getattr(state.config, h))
-                            for h in state.hparams}})
+                         "config_id": record["config_id"], **tuned(state, overrides)})
     return rows
 
 

@@ -45,6 +45,11 @@ class SearchPlan:
     num_samples: int | None = None
 
 
+def config_name(number: int, total: int) -> str:
+    """c1…cN, zero-padded to N's width, so that the names sort in proposal order."""
+    return f"c{number:0{len(str(total))}d}"
+
+
 def plan_search(space: Any, method: str | None = None, num_samples: int | None = None,
                 max_concurrent: int | None = None) -> tuple[SearchPlan, list[dict[str, Any]]]:
     """A space → how it is searched, and (random, grid) the configurations up front.
@@ -122,7 +127,6 @@ class FoldFanOut(Searcher):
         self.folds = list(folds)
         self.configurations = configurations
         self.max_concurrent = max(1, max_concurrent)
-        self.width = len(str(configurations))
         self.groups: dict[str, dict[str, Any]] = {}  # config_id → values, folds issued, scores…
         self.trials: dict[str, tuple[str, int]] = {}  # trial_id → (config_id, fold)
         self.order: list[str] = []  # config ids, in the order they were proposed
@@ -140,7 +144,7 @@ class FoldFanOut(Searcher):
                 return None  # enough configurations in flight; Tune asks again later
             if len(self.groups) >= self.configurations:
                 return Searcher.FINISHED
-            config_id = f"c{len(self.groups) + 1:0{self.width}d}"
+            config_id = config_name(len(self.groups) + 1, self.configurations)
             values = self.searcher.suggest(config_id)
             if values is None or values == Searcher.FINISHED:
                 return values
