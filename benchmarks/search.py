@@ -23,21 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import machine, table  # noqa: E402
 
-from raycity.tune.searcher import FoldFanOut, plan_search  # noqa: E402
-from raycity.tune.space import parse_space  # noqa: E402
-from tests.standins import SPACE, simulate, true_score  # noqa: E402
+from tests.standins import search_outcome  # noqa: E402
 
 METHODS = ("random", "grid", "optuna")
-
-
-def recommended_truth(method: str, budget: int, seed: int, folds: int = 3) -> float:
-    space = parse_space({**SPACE, "seed": seed})
-    plan, _ = plan_search(space, method, budget, max_concurrent=1)
-    fan = FoldFanOut(plan.inner, list(range(1, folds + 1)), metric="miou_full",
-                     configurations=plan.configurations, max_concurrent=1)
-    simulate(fan, epochs=3, seed=seed)
-    best = max((t for t in fan.told if not t["error"]), key=lambda t: t["mean"])
-    return true_score(best["values"]["lr"], best["values"]["dropout"])
 
 
 def main() -> None:
@@ -51,7 +39,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = []
     for budget in args.budgets:
-        scores = {m: [recommended_truth(m, budget, s) for s in range(args.seeds)] for m in METHODS}
+        scores = {m: [search_outcome(m, budget, s)[0] for s in range(args.seeds)]
+                  for m in METHODS}
         wins = sum(o > r for o, r in zip(scores["optuna"], scores["random"]))
         rows.append([budget, *(f"{np.mean(scores[m]):.3f} ± {np.std(scores[m]):.3f}"
                                for m in METHODS), f"{wins}/{args.seeds}"])

@@ -185,13 +185,12 @@ def fail(message: object) -> int:
 
 def interrupted(opts: RunOptions | None, signum: int = signal.SIGINT,
                 command: str = "python -m raycity.cv") -> int:
-    """One line (two with the command) for a stopped run, and the shell's exit code for it."""
+    """One line for a stopped run, and the shell's exit code for it."""
     name = signal.Signals(signum).name
     run_dir = Path(opts.run_dir) if opts is not None else None
     if run_dir is not None and (run_dir / "run.json").is_file():
-        print(f"\ninterrupted ({name}); the tables in {run_dir} are consistent up to the last "
-              f"epoch.\ncontinue with: {command} --resume {run_dir}",
-              file=sys.stderr)
+        print(f"\ninterrupted ({name}): the tables in {run_dir} are consistent up to the last "
+              f"epoch; continue with: {command} --resume {run_dir}", file=sys.stderr)
     else:
         print(f"\ninterrupted ({name}) before the run started; nothing was written",
               file=sys.stderr)

@@ -21,3 +21,16 @@ def brief(err: BaseException, limit: int = 160) -> str:
         return "not a tensor file that loads with weights_only=True"
     line = text.splitlines()[0] if text else type(err).__name__
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def short_error(text: object) -> str:
+    """The line of a traceback that says what went wrong, without the module path
+    ("DataError: …", not "raycity.data.layout.DataError: …"). An error raised in a DataLoader
+    worker comes back as the same class with the worker's whole traceback as its message; this
+    is its last line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":")[0]
+        if "Error" in head or "Exception" in head:
+            return line[len(head) - len(head.rsplit(".", 1)[-1]):] if " " not in head else line
+    return lines[-1] if lines else "unknown error"

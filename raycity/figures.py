@@ -172,7 +172,8 @@ def sweep_figure(board: pd.DataFrame, told: list[dict], hparams: list[str],
     if finished:
         steps = np.arange(1, len(finished) + 1)
         ax.plot(steps, finished, "o", alpha=0.5, label="fold mean of each")
-        ax.step(steps, pd.Series(finished).cummax(), where="post", color="tab:red", lw=2,
+        # a failed configuration (NaN) changes nothing: the best so far carries on past it
+        ax.step(steps, pd.Series(finished).cummax().ffill(), where="post", color="tab:red", lw=2,
                 label="best so far")
     ax.set(xlabel="configurations finished", ylabel=f"{metric}, mean over folds",
            title="Search progress")

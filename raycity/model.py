@@ -166,8 +166,17 @@ def load_encoder_weights(net: nn.Module, pretrained: str) -> None:
                                          f"state dict (.pth)") from err
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):
+            raise PretrainedWeightsError(
+                f"--pretrained {path}: holds a {type(state).__name__}, not a state dict of "
+                f"tensors; expected a torchvision ResNet-50 state dict (.pth)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # the names of a ResNet-50, other shapes (ResNeXt, Wide ResNet)
+        raise PretrainedWeightsError(
+            f"--pretrained {pretrained}: not a ResNet-50 state dict ({brief(err)})") from err
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise PretrainedWeightsError(

@@ -44,7 +44,8 @@ def panel_samples(run_dir: Path, fold: int) -> list[Sample]:
 
 def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | None = None):
     """(panel RGB, boxes, predictions, samples shown) for a fold's best checkpoint on the first
-    PANEL_IMAGES readable samples; unreadable ones are skipped when the run skipped them."""
+    PANEL_IMAGES readable samples; unreadable ones are skipped when the run skipped them, and a
+    fold none of whose validation images is readable has no panel (None)."""
     from raycity.figures import prediction_panel
     from raycity.inference import (
         load_model_meta,
@@ -61,6 +62,8 @@ def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | N
         pairs += batch
         if len(shown) == PANEL_IMAGES:
             break
+    if not pairs:
+        return None
     rows, preds = [], []
     with threads_like_training(meta, device):
         for image, truth in pairs:
@@ -85,8 +88,10 @@ def write_figures(run_dir: Path, epochs: pd.DataFrame, prefix: str = "") -> list
         fold_history(epochs, int(fold), path)
         written.append(path.name)
         checkpoint = run_dir / "checkpoints" / f"{prefix}fold{fold}.pt"
-        if checkpoint.is_file():
-            panel, _, _, _ = fold_panel(checkpoint, panel_samples(run_dir, int(fold)))
+        drawn = fold_panel(checkpoint, panel_samples(run_dir, int(fold))) \
+            if checkpoint.is_file() else None
+        if drawn is not None:
+            panel = drawn[0]
             path = fig_dir / f"fold{fold}_prediction.png"
             save_png(panel, path)
             written.append(path.name)

@@ -23,8 +23,9 @@ IOU_LOW = [f"iou_low_{k}" for k in CLASS_KEYS]
 IOU_FULL = [f"iou_full_{k}" for k in CLASS_KEYS]
 TIME_COLUMNS = ["epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_s",
                 "skipped_samples", "checkpoint_seconds", "checkpoint_bytes"]
-# Where the epoch ran: the Ray node, the GPUs Ray granted, the torch device used.
-RUN_COLUMNS = ["node_id", "gpu_ids", "device"]
+# Where the epoch ran: the Ray node, the GPUs Ray granted, the torch device used, and how its
+# CPUs were split (torch threads, DataLoader workers).
+RUN_COLUMNS = ["node_id", "gpu_ids", "device", "torch_threads", "loader_workers"]
 PENDING = "pending (no epoch recorded)"
 EPOCH_COLUMNS = KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
 BEST_BY = "miou_low"  # the seed picks each fold's best epoch by its low-res val mIoU

@@ -17,8 +17,9 @@ Ray Tune copy it once more — cost ≈ 20 % of such an epoch. Here:
 On disk, in `directory`: `state-<epoch>.pt` (at most two: the newest complete one and the one
 being written), `best-<epoch>.pt`, and a few bytes per epoch: `epoch-<epoch>.json` (the metrics,
 with `labels`) and `done.json` once the fold has finished — the fold's own record, which a
-scheduler's or a driver's bookkeeping cannot lose. A crash loses the epochs since the newest complete state:
-at most max(1 epoch, 1 / budget × the write time) plus the epoch in progress. Resuming takes the
+scheduler's or a driver's bookkeeping cannot lose. A crash loses the training since the newest
+complete state began: states start at epoch ends at least 1 / budget × W apart (W the write
+time), so less than (1 / budget + 1) × W + 1 epoch, the epoch in progress included. Resuming takes the
 newest complete state, whatever a scheduler was told; files a crash left (temporary files, best
 weights newer than that state, which will be recomputed) are removed first.
 """
@@ -128,6 +129,14 @@ class FoldCheckpoints:
             return self._read_json(DONE)
         except (FileNotFoundError, OSError, ValueError):
             return None
+
+    def recorded(self, epoch: int) -> dict[str, Any] | None:
+        """The metrics this fold recorded for `epoch` (without the labels), if it did."""
+        try:
+            record = self._read_json(f"epoch-{epoch:06d}.json")
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        return {k: v for k, v in record.items() if k not in self.labels}
 
     def records(self) -> list[dict[str, Any]]:
         return [self._read_json(name) for name in self._files(RECORD).values()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -21,6 +22,9 @@ from raycity.cli import (
     user_errors,
 )
 from raycity.tune.driver import Interrupted
+
+if TYPE_CHECKING:
+    from raycity.tune.rundir import RunState
 
 SEARCHES = ("random", "grid", "optuna")
 
@@ -57,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         opts = build_options(args, preset_name)
         from raycity.tune.experiment import run_experiment
 
+        if args.resume:
+            fixed = [flag for flag, value in (("--space", args.space), ("--search", args.search),
+                                              ("--num-samples", args.num_samples),
+                                              ("--max-concurrent", args.max_concurrent))
+                     if value is not None]
+            if fixed:
+                from raycity.tune.space import SpaceError
+
+                raise SpaceError(f"--resume {args.resume}: {', '.join(fixed)} cannot change "
+                                 f"(the search continues as it started); drop them")
         plan_ = resumed_plan(Path(opts.run_dir)) if args.resume else plan(args, cfg, explicit)
         run_dir, summary = run_experiment("sweep", cfg, opts, plan_["variants"],
                                           hparams=plan_["hparams"], metric=plan_["metric"],
@@ -147,18 +161,20 @@ def resumed_plan(run_dir: Path) -> dict:
     return plan_
 
 
-def tuned_values(run_dir: Path, epochs: pd.DataFrame, hparams: list[str]) -> pd.DataFrame:
-    """config_id → the values each configuration was trained with (its hp_* columns)."""
-    from raycity.tune.recorder import hp_column
-    from raycity.tune.rundir import RunState
+def tuned_values(state: RunState, epochs: pd.DataFrame, told: list[dict]) -> pd.DataFrame:
+    """config_id → the values each configuration was trained with (its hp_* columns): from the
+    epochs where it has any, else from what the searcher proposed or the variants listed — a
+    configuration whose every fold failed before its first epoch still has its row."""
+    from raycity.tune.recorder import hp_column, tuned
 
-    columns = [hp_column(h) for h in hparams]
+    values = {v.config_id: tuned(state, v.overrides) for v in state.variants}
+    values.update({r["config_id"]: tuned(state, r["values"]) for r in told})
+    frame = pd.DataFrame.from_dict(values, orient="index",
+                                   columns=[hp_column(h) for h in state.hparams])
+    columns = list(frame.columns)
     if len(epochs) and all(c in epochs for c in columns):
-        return epochs.groupby("config_id")[columns].first()
-    state = RunState.load(run_dir)  # a sweep written before hp_* columns existed
-    return pd.DataFrame([{"config_id": v.config_id, **{hp_column(h): v.overrides.get(h)
-                                                       for h in hparams}}
-                         for v in state.variants]).set_index("config_id")
+        frame = epochs.groupby("config_id")[columns].first().combine_first(frame)
+    return frame
 
 
 def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
@@ -177,8 +193,10 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
     from raycity.tune.rundir import RunState
     state = RunState.load(run_dir)
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    told_file = run_dir / "searcher.json"
+    told = json.loads(told_file.read_text()) if told_file.is_file() else []
     columns = [hp_column(h) for h in state.hparams]
-    board = leaderboard(summary, columns, tuned_values(run_dir, epochs, state.hparams),
+    board = leaderboard(summary, columns, tuned_values(state, epochs, told),
                         state.config.epochs, state.metric)
     atomic_write_parquet(board, run_dir / "leaderboard.parquet")
     atomic_write_text(run_dir / "leaderboard.md",
@@ -187,8 +205,6 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
     table = table1_markdown(summary[summary["config_id"] == best], state.config.image_size,
                             first_label_size(state.data_root))
     atomic_write_text(run_dir / "summary.md", f"Best configuration: {best}\n\n{table}")
-    told_file = run_dir / "searcher.json"
-    told = json.loads(told_file.read_text()) if told_file.is_file() else []
     sweep_figure(board, told, state.hparams, state.search.get("log_scaled", []), state.metric,
                  run_dir / "figures" / "sweep.png")
     tensorboard_hparams(run_dir, board, state.hparams, state.metric)

@@ -38,6 +38,7 @@ from raycity.model import UNetResNet50, empty_model
 from raycity.snapshots import FoldCheckpoints
 
 Report = Callable[[dict[str, Any], "str | None"], None]
+REPLAYED = "replayed"  # a result key: said before, said again after a resume (see rungs_passed)
 
 
 class DeviceError(UserError, RuntimeError):
@@ -139,9 +140,15 @@ def build_loaders(cfg: Config, root: str, split: FoldSplit, device: torch.device
     if workers > 0:
         common["prefetch_factor"] = 4 if cuda else 2
     sampler = SeededSampler(len(train_ds), derive_seed(cfg.seed, split.fold))
+    # Each new loader iterator draws its workers' base seed from `generator` — without one, from
+    # the global RNG, which dropout on the CPU also draws from: every epoch with 0 workers, only
+    # the first with persistent workers, so a resumed fold or another --num-workers would train
+    # with other dropout masks. Samples take their seeds from the sampler, not from workers.
     return (DataLoader(train_ds, cfg.batch_size, sampler=sampler,
-                       drop_last=len(train_ds) > cfg.batch_size, **common),
-            DataLoader(val_ds, cfg.batch_size, shuffle=False, **common))
+                       drop_last=len(train_ds) > cfg.batch_size,
+                       generator=torch.Generator().manual_seed(sampler.seed), **common),
+            DataLoader(val_ds, cfg.batch_size, shuffle=False,
+                       generator=torch.Generator().manual_seed(sampler.seed), **common))
 
 
 def _worker_init(_: int) -> None:
@@ -176,6 +183,28 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def rungs_passed(checkpoints: FoldCheckpoints, sync_epochs: Collection[int],
+                 resume: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results this fold reported at the synchronous epochs (early-stopping rungs) it has
+    passed, to be reported again when it resumes.
+
+    A driver killed after a rung's result reached it, but before Tune's next snapshot, comes
+    back with a scheduler that never heard it: the fold's siblings would wait at that rung for
+    a result this fold, resuming past it, would never send. Where the rung was heard, a second
+    hearing changes nothing (a decided rung is not judged again). The rung's record may be
+    missing when the crash fell between the state and the record; the state's own metrics
+    stand in for it.
+    """
+    replay = []
+    for epoch in sorted(e for e in sync_epochs if e <= resume["epoch"]):
+        metrics = checkpoints.recorded(epoch)
+        if metrics is None and epoch == resume["epoch"]:
+            metrics = dict(resume["meta"]["metrics"])
+        if metrics is not None:
+            replay.append({**metrics, REPLAYED: True})
+    return replay
+
+
 def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
              checkpoints: FoldCheckpoints | None = None, sync_epochs: Collection[int] = (),
              cpus: float = 1, device: torch.device | None = None,
@@ -207,6 +236,7 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
     scheduler = build_scheduler(cfg, optimizer)
     first_epoch, best = 1, {"best_epoch": 0, "best_miou_low": float("-inf"),
                             "best_miou_full": float("nan")}
+    replay: list[dict[str, Any]] = []
     if resume is not None:
         model.load_state_dict(resume["model"], strict=True)
         optimizer.load_state_dict(resume["optimizer"])
@@ -214,7 +244,10 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         set_rng_state(resume["rng"], device)
         first_epoch = resume["epoch"] + 1
         best = resume.get("best_metrics", best)
+        replay = rungs_passed(checkpoints, sync_epochs, resume)
         del resume
+    for metrics in replay:
+        report(metrics, None)
     forward = torch.compile(model) if cfg.compile else model
     train_loader, val_loader = build_loaders(cfg, root, split, device, workers)
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -240,7 +273,7 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
                     "best_miou_full": metrics["miou_full"]}
         # the fold's best so far travels with every result: whoever missed an epoch (a
         # searcher restored after a crash) still hears the fold's best
-        metrics.update(best, device=str(device))
+        metrics.update(best, device=str(device), torch_threads=threads, loader_workers=workers)
         scheduler.step(metrics[cfg.plateau_metric])
         saved = None
         if checkpoints is not None:

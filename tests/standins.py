@@ -22,6 +22,7 @@ import torch
 from raycity.checkpoint import ARCH
 from raycity.constants import NUM_CLASSES
 from raycity.data.dataset import derive_seed
+from raycity.training import rungs_passed
 
 SPACE = {"params": {"lr": {"loguniform": [1.0e-6, 1.0e-1]}, "dropout": {"uniform": [0.0, 0.5]}}}
 NOISE = 0.02  # std of a fold's deviation from the true score (folds really do differ)
@@ -75,6 +76,21 @@ def simulate(searcher: Any, epochs: int = 3, seed: int = 0,
         searcher.on_trial_complete(trial_id, rows[-1])
 
 
+def search_outcome(method: str, budget: int, seed: int, folds: int = 3) -> tuple[float, list]:
+    """A whole search at `budget` configurations × `folds` folds, told through raycity's
+    FoldFanOut one configuration at a time: the true score of the configuration it recommends
+    (the best fold mean) and what the searcher was told."""
+    from raycity.tune.searcher import FoldFanOut, plan_search
+    from raycity.tune.space import parse_space
+
+    plan, _ = plan_search(parse_space({**SPACE, "seed": seed}), method, budget, max_concurrent=1)
+    fan = FoldFanOut(plan.inner, list(range(1, folds + 1)), metric="miou_full",
+                     configurations=plan.configurations, max_concurrent=1)
+    simulate(fan, epochs=3, seed=seed)
+    best = max((t for t in fan.told if not t["error"]), key=lambda t: t["mean"])
+    return true_score(best["values"]["lr"], best["values"]["dropout"]), fan.told
+
+
 LOG = "RAYCITY_STANDIN_LOG"  # if set: a file where every executed epoch is appended
 FAIL = "RAYCITY_STANDIN_FAIL"  # "c2:2": that configuration's fold 2 diverges (a user error)
 EPOCH_S = "RAYCITY_STANDIN_EPOCH_S"  # seconds each epoch takes (default 0.5)
@@ -88,6 +104,8 @@ def standin_fold(cfg, split, root, report, *, checkpoints=None, sync_epochs=(), 
         report({k: v for k, v in done.items() if k not in checkpoints.labels}, None)
         return
     state = checkpoints.resume() if checkpoints is not None else None
+    for metrics in rungs_passed(checkpoints, sync_epochs, state) if state else ():
+        report(metrics, None)
     for epoch in range((state["epoch"] + 1) if state else 1, cfg.epochs + 1):
         time.sleep(float(os.environ.get(EPOCH_S, "0.5")))
         who = f"{(checkpoints.labels if checkpoints else {}).get('config_id')}:{split.fold}"

@@ -13,9 +13,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from raycity import cv, evaluate
+from raycity import cv, evaluate, report
 from raycity.config import PRESETS
-from raycity.data.layout import IMAGE_SUFFIX
+from raycity.data.layout import IMAGE_SUFFIX, Sample
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,8 @@ def test_the_dataset_comes_from_the_environment_with_the_seed_recipe(data_run):
     assert (config["lr"], config["batch_size"]) == (seed["lr"], seed["batch_size"])
     assert (config["epochs"], config["image_size"], config["pretrained"]) == (1, [32, 64], "none")
     assert config["num_workers"] == 2 and "DEMO" not in console
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")  # what each fold really loaded with
+    assert (epochs["loader_workers"] == 2).all() and (epochs["torch_threads"] == 1).all()
 
 
 def test_group_by_city_keeps_each_city_in_one_fold(data_run):
@@ -67,9 +69,12 @@ def test_bad_samples_are_skipped_and_counted_to_the_end(data_run):
     _, run_dir, root, bad, console = data_run
     assert "--skip-bad-samples: 1 unreadable pair(s) will be skipped" in console
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    assert epochs["skipped_samples"].sum() >= 2  # in two folds' training and one's validation
+    assert epochs["skipped_samples"].sum() == 3  # in two folds' training and one's validation
     for fold in (1, 2, 3):  # the panels were drawn, the unreadable image left out
         assert (run_dir / "figures" / f"fold{fold}_prediction.png").is_file()
+    # a fold none of whose validation images is readable has no panel, and no traceback
+    unreadable = Sample(str(root), "train", bad.parent.name, bad.name.removesuffix(IMAGE_SUFFIX))
+    assert report.fold_panel(run_dir / "checkpoints" / "fold1.pt", [unreadable]) is None
     assert evaluate.main(["--run", str(run_dir), "--split", "folds"]) == 0
     rows = pd.read_parquet(run_dir / "val.parquet").set_index("model")
     assert rows["skipped"].sum() == 1 and rows["images"].sum() == 5

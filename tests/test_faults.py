@@ -188,9 +188,11 @@ def test_requests_no_node_can_hold_are_refused_in_seconds(ray_session, tmp_path,
 def test_a_users_mistake_inside_a_trial_fails_each_fold_once_in_one_line(
         ray_session, tmp_path, tiny_cityscapes, capsys):
     """A label holding trainIds instead of labelIds passes the header checks; only decoding it,
-    inside the trials, finds it. Each fold fails once — a retry would only repeat it, so
-    `--max-failures 2` does not apply — with one line naming the file, and the exit code says
-    so. The same run shows --overwrite replacing what was there."""
+    inside the trials, finds it — here in a DataLoader worker (as on CUDA, where the loader has
+    workers), which hands the error back with its whole traceback as the message. Each fold
+    fails once — a retry would only repeat it, so `--max-failures 2` does not apply — with one
+    line naming the file, and the exit code says so. The same run shows --overwrite replacing
+    what was there."""
     import json
 
     import numpy as np
@@ -209,17 +211,20 @@ def test_a_users_mistake_inside_a_trial_fails_each_fold_once_in_one_line(
     (run_dir / "junk.txt").write_text("an old run")
     code = cv.main(["--preset", "smoke", "--epochs", "1", "--data-root", str(root),
                     "--output", str(tmp_path / "out"), "--name", "trainids", "--overwrite",
-                    "--max-failures", "2", "--cpus-per-trial", "0.6"])
+                    "--max-failures", "2", "--cpus-per-trial", "0.6", "--num-workers", "1"])
     out = capsys.readouterr()
     assert code == 1
     failed = [line for line in out.out.splitlines() if "FAILED" in line]
     assert len(failed) == 3 and all(label.name in line and "[255]" in line for line in failed)
-    assert "Traceback" not in out.out + out.err
+    assert all("FAILED: DataError: " in line for line in failed), failed
+    assert "Traceback" not in out.out + out.err and "worker process" not in out.out + out.err
     state = json.loads(max((run_dir / "tune").glob("experiment_state-*.json")).read_text())
     failures = [json.loads(meta)["num_failures"] for _, meta in state["trial_data"]]
     assert failures == [1, 1, 1]  # never retried
     assert not (run_dir / "junk.txt").exists() and (run_dir / "run.json").is_file()
-    assert "| 1 (failed: DataError" in (run_dir / "summary.md").read_text()
+    table = (run_dir / "summary.md").read_text()
+    assert "| 1 (failed: DataError" in table
+    assert all(line.startswith("|") for line in table.split("\n\n")[1].splitlines()), table
 
 
 def test_a_copy_of_a_run_on_shared_storage_refuses_to_resume_a_moved_one_does_not(tmp_path):

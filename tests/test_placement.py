@@ -4,6 +4,7 @@ trial picks is the GPU Ray granted it, and none granted means the CPU even on a 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -44,3 +45,7 @@ def test_each_fold_trains_on_the_gpu_ray_granted_it(tmp_path):
     # granted no GPU on a node that has two: the CPU
     assert seen["cpu"]["device"] == ["cpu", "cpu"] and seen["cpu"]["gpu_ids"] == ["", ""]
     assert "0 GPU(s)" in seen["cpu"]["plan"]
+    # and asks for a CPU trial's host memory: it also holds the weights, gradients, Adam moments
+    # and activations that a GPU trial keeps on its GPU
+    gib = {k: float(re.search(r"([\d.]+) GiB", seen[k]["plan"])[1]) for k in seen}
+    assert gib["cpu"] > gib["default"] + 2, seen

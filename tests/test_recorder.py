@@ -56,3 +56,38 @@ def test_a_users_mistake_is_not_retried_a_crash_is(tmp_path):
         recorder.on_trial_error(0, [mistake], mistake)
     assert mistake.max_failures == 2  # given back, for a later --resume
     assert recorder.status[("cv", 1)] == "failed: DataError: x.png: bad"
+
+
+def test_a_replayed_rung_adds_no_row_and_no_line(tmp_path):
+    from raycity.training import REPLAYED
+
+    state = RunState("cv", preset("smoke"), [Variant("cv")], str(tmp_path), True, None, "tune", [])
+    lines = []
+    with recording(tmp_path, state, lines.append):
+        recorder = RunRecorder()
+        recorder.setup()
+        t = trial("cv", 1, {})
+        recorder.on_trial_result(0, [t], t, result(1, 1e-3))
+        recorder.on_trial_result(0, [t], t, {**result(1, 1e-3), REPLAYED: True})
+    assert len(lines) == 1 and len(pd.read_parquet(tmp_path / "epochs.parquet")) == 1
+
+
+def test_a_configuration_that_never_finished_an_epoch_keeps_its_leaderboard_row(tmp_path):
+    """Every fold of c2 failed before its first epoch (say, out of memory at a swept batch
+    size): its values come from what the searcher proposed, and the leaderboard still lists it."""
+    from raycity.results import leaderboard, summarize
+    from raycity.sweep import tuned_values
+
+    state = RunState("sweep", preset("smoke"), [], str(tmp_path), True, None, "tune",
+                     ["lr", "dropout"])
+    epochs = pd.DataFrame([{**result(e, 1e-3), "fold": f, "config_id": "c1", "hp_lr": 1e-3,
+                            "hp_dropout": 0.0} for f in (1, 2) for e in (1, 2)])
+    told = [{"config_id": "c1", "values": {"lr": 1e-3}},
+            {"config_id": "c2", "values": {"lr": 5e-2, "dropout": 0.3}}]
+    failed = {("c2", f): "failed: FoldOutOfMemoryError: …" for f in (1, 2)}
+    summary = summarize(epochs, failed, folds=2)
+    values = tuned_values(state, epochs, told)
+    assert values.loc["c2", "hp_lr"] == 5e-2 and values.loc["c2", "hp_dropout"] == 0.3
+    board = leaderboard(summary, ["hp_lr", "hp_dropout"], values, epochs=2).set_index("config_id")
+    assert board.loc["c1", "rank"] == 1 and board.loc["c2", "folds_failed"] == 2
+    assert board.loc["c2", "hp_lr"] == 5e-2 and pd.isna(board.loc["c2", "miou_full_mean"])

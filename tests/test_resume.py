@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,11 @@ ALL = 3 * SMOKE_EPOCHS
 def finish(proc, timeout: float = 600) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
+
+
+def one_line_with(out: str, *parts: str) -> bool:
+    """The stop is said in one line: what happened and how to continue."""
+    return any(all(p in line for p in parts) for line in out.splitlines())
 
 
 def files_and_times(run_dir: Path) -> dict[str, int]:
@@ -42,16 +48,24 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     # a trial's worker dies (Tune restarts it once, --max-failures 1); then Ctrl-C in the
     # terminal: SIGINT to the whole process group
     proc = cv_process(tmp_path, "--name", "run", "--max-failures", "1", env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+    reader.start()
     wait_for(lambda: len(rows(original)) >= 1, proc)
     workers = trial_workers()
     assert workers, "no trial worker to kill"
     os.kill(workers[0], signal.SIGKILL)
-    wait_for(lambda: len(rows(original)) >= 2, proc)
+    # the killed fold is restarted, as --max-failures 1 allows, and the run says so
+    restarted = "its worker stopped; restarting it from its last state (restart 1 of 1, "
+    wait_for(lambda: any(restarted in line for line in lines), proc)
     os.killpg(proc.pid, signal.SIGINT)
-    code, out = finish(proc)
+    code = proc.wait(timeout=300)
+    reader.join()
+    out = "".join(lines)
     assert code == 130, out
-    assert "interrupted (SIGINT)" in out and f"--resume {original}" in out
+    assert one_line_with(out, "interrupted (SIGINT)", f"--resume {original}")
     assert "Traceback" not in out and "Error" not in out, out
+    assert out.count(restarted) == 1, out
     first = rows(original)
     assert len(first) < ALL and not first.duplicated(["fold", "epoch"]).any()
 
@@ -69,8 +83,8 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     proc.send_signal(signal.SIGTERM)
     code, out = finish(proc)
     assert code == 143, out
-    assert "interrupted (SIGTERM)" in out and "Traceback" not in out and "core dumped" not in out
-    assert f"--resume {copy}" in out
+    assert one_line_with(out, "interrupted (SIGTERM)", f"--resume {copy}")
+    assert "Traceback" not in out and "core dumped" not in out
     assert files_and_times(moved) == untouched
 
     # the moved run resumes where it lies; its driver is killed outright (process group, local
@@ -91,11 +105,15 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     assert not original.exists()  # the move did not bring the old folder back
     assert "| 3 | " in (moved / "summary.md").read_text()  # Table 1 over all folds
 
-    # resuming a finished run says so and rebuilds what is missing
+    # resuming a finished run says so and rebuilds what is missing: the report, and the rows
+    # an older copy of the table lacks
     (moved / "report.md").unlink()
+    done.iloc[:2].to_parquet(moved / "epochs.parquet", index=False)
     before = files_and_times(moved / "checkpoints")
     code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env))
     assert code == 0 and "this run has finished" in out, out
+    assert f"added {ALL - 2} epoch row(s) the trials recorded" in out, out
+    same_numbers(rows(moved), reference)
     assert (moved / "report.md").is_file()
     assert files_and_times(moved / "checkpoints") == before  # nothing retrained
 

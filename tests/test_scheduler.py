@@ -192,3 +192,36 @@ def test_scheduler_state_survives_a_driver_restart():
     assert decide(restarted, tc, trials, "mid", 1, {2: 0.7}) == [TrialScheduler.CONTINUE]
     assert restarted.choose_trial_to_run(tc) is trials[("mid", 1)]  # released once judged
     assert restarted.record[1] == s.record[1] | {"mid": pytest.approx(0.7)}
+
+
+def test_a_rung_the_restored_scheduler_never_heard_is_said_again_by_the_resuming_fold(tmp_path):
+    """The driver dies after both folds passed rung 1 (fold 2 already at epoch 3) but before
+    Tune's snapshot held fold 2's rung result: restored, the scheduler keeps fold 1 waiting for
+    it. Fold 2 resumes from its state past the rung and says its rungs again, from its records
+    (or, for the epoch its state holds, from the state's metrics)."""
+    from raycity.snapshots import FoldCheckpoints
+    from raycity.training import REPLAYED, rungs_passed
+
+    s = FoldMeanASHA("m", folds=2, max_t=8, grace_period=1, reduction_factor=3)  # rungs 1, 3
+    trials, tc = fleet(["mid"])
+    assert decide(s, tc, trials, "mid", 1, {1: 0.6}) == [TrialScheduler.PAUSE]
+    restarted = FoldMeanASHA("m", folds=2, max_t=8, grace_period=1, reduction_factor=3)
+    restarted.set_state(s.get_state())
+    for t in trials.values():
+        t.status = "PENDING"
+    assert restarted.choose_trial_to_run(tc) is trials[("mid", 2)]  # fold 1 stays paused
+
+    fold2 = FoldCheckpoints(str(tmp_path), labels={"config_id": "mid"})
+    for epoch, value in ((1, 0.7), (2, 0.72)):
+        fold2.record({"fold": 2, "epoch": epoch, "m": value})
+    state = {"epoch": 3, "meta": {"metrics": {"fold": 2, "epoch": 3, "m": 0.75}}}  # no record
+    replay = rungs_passed(fold2, {1, 3}, state)
+    assert [(r["epoch"], r["m"], r[REPLAYED]) for r in replay] == [(1, 0.7, True),
+                                                                 (3, 0.75, True)]
+    assert "config_id" not in replay[0]
+    trials[("mid", 2)].status = "RUNNING"
+    decisions = [restarted.on_trial_result(tc, trials[("mid", 2)], r) for r in replay]
+    assert decisions == [TrialScheduler.CONTINUE, TrialScheduler.PAUSE]  # rung 1 judged; waits at 3
+    assert restarted.record[1] == {"mid": pytest.approx(0.65)}
+    assert restarted.choose_trial_to_run(tc) is trials[("mid", 1)]  # released at last
+    assert rungs_passed(fold2, {5}, state) == []  # a rung not yet reached is not said

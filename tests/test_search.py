@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from ray.tune.search import Searcher
 
-from raycity.tune.searcher import TOLD, FoldFanOut, ListSearcher, plan_search
-from raycity.tune.space import parse_space
-from tests.standins import SPACE, simulate, true_score
+from raycity.tune.searcher import TOLD, FoldFanOut, ListSearcher
+from tests.standins import search_outcome
 
 
 class Spy(ListSearcher):
@@ -21,6 +20,10 @@ class Spy(ListSearcher):
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         self.heard.append((trial_id, result, error))
+
+    def add_evaluated_point(self, parameters, value, error=False, pruned=False,
+                            intermediate_values=None):
+        self.heard.append((parameters, {TOLD: value}, error))
 
 
 def fold_results(fold: int, curve: list[tuple[float, float]]) -> list[dict]:
@@ -63,6 +66,18 @@ def test_a_failed_fold_is_told_as_an_error_once():
     fan.on_trial_complete("b", None, error=True)
     assert spy.heard == [("c1", None, True)]
     assert fan.told[0]["error"] and fan.suggest("c") == Searcher.FINISHED
+    fan.on_trial_complete("a", fold_results(a["fold"], [(0.3, 0.3)])[0])  # said again: no news
+    assert len(spy.heard) == 1
+    # --resume reruns the failed fold, which now finishes: the searcher hears the fold mean
+    # once more, as a point evaluated outside its own proposals
+    rerun = fold_results(b["fold"], [(0.5, 0.5)])[0]
+    fan.on_trial_result("b", rerun)
+    fan.on_trial_complete("b", rerun)
+    assert spy.heard[1:] == [({"lr": 1e-4}, {TOLD: pytest.approx(0.4)}, False)]
+    assert fan.told == [{"config_id": "c1", "values": {"lr": 1e-4}, "folds": 2, "error": False,
+                         "mean": pytest.approx(0.4), "std": pytest.approx(0.1), "retold": True}]
+    fan.on_trial_complete("b", rerun)
+    assert len(spy.heard) == 2  # told once more, not again and again
 
 
 def test_configurations_in_flight_are_bounded():
@@ -115,26 +130,13 @@ def test_a_restored_search_loses_repeats_and_reproposes_nothing(tmp_path):
     assert restored.suggest("t99") == Searcher.FINISHED
 
 
-def best_true(told: list[dict]) -> float:
-    """The true quality of the configuration a search ends up recommending (best fold mean)."""
-    best = max((t for t in told if not t["error"]), key=lambda t: t["mean"])
-    return true_score(best["values"]["lr"], best["values"]["dropout"])
-
-
-def run_search(method: str, seed: int, budget: int = 24) -> list[dict]:
-    space = parse_space({**SPACE, "seed": seed})
-    plan, _ = plan_search(space, method, budget, max_concurrent=1)
-    fan = FoldFanOut(plan.inner, [1, 2, 3], metric="miou_full",
-                     configurations=plan.configurations, max_concurrent=1)
-    simulate(fan, epochs=3, seed=seed)
-    return fan.told
-
-
 def test_tpe_learns_from_fold_means_where_random_search_cannot():
-    """24 configurations × 3 folds, same seeds: the configuration TPE recommends is, averaged
-    over eight seeds, truly better than random search's (0.663 vs 0.564 when measured)."""
+    """24 configurations × 3 folds, same seeds: the configuration TPE recommends is truly better
+    than random search's — by a clear margin on average over eight seeds (0.668 vs 0.564 when
+    measured), and on most seeds (8 of 8 when measured), not by chance."""
     seeds = range(8)
-    tpe = [best_true(run_search("optuna", s)) for s in seeds]
-    rand = [best_true(run_search("random", s)) for s in seeds]
-    assert np.mean(tpe) >= np.mean(rand), (tpe, rand)
-    assert all(len(run_search(m, 0)) == 24 for m in ("optuna", "random", "grid"))  # equal budget
+    tpe = [search_outcome("optuna", 24, s)[0] for s in seeds]
+    rand = [search_outcome("random", 24, s)[0] for s in seeds]
+    assert np.mean(tpe) >= np.mean(rand) + 0.05, (tpe, rand)
+    assert sum(t > r for t, r in zip(tpe, rand)) >= 6, (tpe, rand)
+    assert all(len(search_outcome(m, 24, 0)[1]) == 24 for m in ("optuna", "random", "grid"))

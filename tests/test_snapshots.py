@@ -90,6 +90,15 @@ def test_at_most_two_full_states_and_writes_spaced_by_their_cost(tmp_path, clock
         return write(name, obj)
 
     monkeypatch.setattr(ck, "_write", slow_write)
+    at_prune = []  # the moment with the most states: the new one complete, the old not yet gone
+    prune = ck._prune
+
+    def watched_prune(pattern, keep):
+        if pattern.pattern.startswith("^state-"):
+            at_prune.append(files(ck, "state-") + files(ck, ".state-"))
+        return prune(pattern, keep)
+
+    monkeypatch.setattr(ck, "_prune", watched_prune)
     written = []
     for epoch in range(1, 12):
         step()
@@ -100,6 +109,7 @@ def test_at_most_two_full_states_and_writes_spaced_by_their_cost(tmp_path, clock
         written.append(save.saved)
         assert len(files(ck, "state-")) <= 1 and len(files(ck, ".state-")) == 0
     assert len(seen) == 3 and all(len(names) <= 2 for names in seen)
+    assert [len(names) for names in at_prune] == [1, 2, 2]  # two at most, and only then
     # Epoch 1 always (t = 10 s; the 2-s write moves the clock to 12); then the first epoch end
     # ≥ 40 s after the last write began: epoch 5 (t = 52), epoch 9 (t = 94); never the last.
     completed = sorted({name for name in written if name})

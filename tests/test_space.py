@@ -140,3 +140,13 @@ def test_optuna_sees_listed_values_as_choices_and_limits_are_checked():
     bad = parse_space({"params": {"dropout": {"uniform": [0.0, 1.5]}}}, "d.yaml")
     with pytest.raises(SpaceError, match="dropout=1.5"):
         check_against(preset("smoke"), bad.extremes(), bad.path)
+
+
+def test_a_resumed_sweep_refuses_to_change_its_search(tmp_path, capsys):
+    from raycity import sweep
+
+    args = ["--resume", str(tmp_path / "run"), "--search", "grid", "--max-concurrent", "2"]
+    assert sweep.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--search, --max-concurrent cannot change" in err and "drop them" in err

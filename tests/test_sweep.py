@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -55,8 +57,6 @@ def test_every_fold_of_a_configuration_shares_its_hyperparameters(sweep_run):
     # what each trial actually trained with: the optimizer's lr it reported at epoch 1
     first = epochs[epochs["epoch"] == 1]
     assert (first["lr"] == first["hp_lr"]).all()
-    import json
-
     for params in (run_dir / "tune").glob("*/params.json"):
         p = json.loads(params.read_text())
         rows = first[(first["config_id"] == p["variant"]["config_id"])
@@ -90,6 +90,15 @@ def test_early_stopping_from_the_space_file_stops_whole_configurations(sweep_run
         assert board.loc[config_id, "folds_completed"] == (2 if folds.iloc[0] == 2 else 0)
     assert board["stopped_early"].any()  # the worse configuration was cut at the rung
     assert "| yes |" in (run_dir / "leaderboard.md").read_text()
+    # the searcher heard every configuration once — the stopped one too, with its fold mean
+    # (each fold at its best epoch, by miou_low, of those it ran)
+    told = json.loads((run_dir / "searcher.json").read_text())
+    assert sorted(t["config_id"] for t in told) == sorted(board.index)
+    best = epochs.loc[epochs.groupby(["config_id", "fold"])["miou_low"].idxmax()]
+    for t in told:
+        assert not t["error"]
+        assert t["mean"] == pytest.approx(best[best["config_id"] == t["config_id"]]
+                                          ["miou_full"].mean(), abs=1e-12)
 
 
 def test_evaluate_and_predict_on_a_sweep_use_the_best_configuration(sweep_run, tmp_path):
@@ -97,11 +106,22 @@ def test_evaluate_and_predict_on_a_sweep_use_the_best_configuration(sweep_run, t
     best = pd.read_parquet(run_dir / "leaderboard.parquet").iloc[0]["config_id"]
     assert evaluate.main(["--run", str(run_dir), "--split", "folds"]) == 0
     rows = pd.read_parquet(run_dir / "val.parquet").set_index("model")
-    summary = pd.read_parquet(run_dir / "summary.parquet")
-    summary = summary[summary["config_id"] == best].set_index("fold")
+    everything = pd.read_parquet(run_dir / "summary.parquet").set_index(["config_id", "fold"])
+    other = next(c for c in everything.index.get_level_values(0) if c != best)
     for fold in (1, 2):
-        assert abs(rows.loc[f"fold{fold}", "miou_full"] - summary.loc[fold, "miou_full"]) <= 1e-6
+        assert abs(rows.loc[f"fold{fold}", "miou_full"] - everything.loc[(best, fold), "miou_full"]) \
+            <= 1e-6
+    # (the other configuration scores otherwise, so scoring it instead would show)
+    assert any(abs(everything.loc[(other, f), "miou_full"] - everything.loc[(best, f), "miou_full"])
+               > 1e-4 for f in (1, 2))
     assert predict.main(["--run", str(run_dir), "--fold", "2", "--out", str(tmp_path / "p")]) == 0
-    assert len(list((tmp_path / "p" / "labelIds").rglob("*_pred_labelIds.png"))) == 2
+    root = json.loads((run_dir / "run.json").read_text())["data_root"]
+    assert predict.main(["--checkpoint", str(run_dir / "checkpoints" / f"{best}_fold2.pt"),
+                         "--data-root", root, "--out", str(tmp_path / "q")]) == 0
+    written = sorted((tmp_path / "p" / "labelIds").rglob("*_pred_labelIds.png"))
+    assert len(written) == 2
+    for path in written:  # the best configuration's fold-2 model made them
+        twin = tmp_path / "q" / path.relative_to(tmp_path / "p")
+        assert path.read_bytes() == twin.read_bytes()
     assert (run_dir / "figures" / "sweep.png").is_file()
     assert "![the search](figures/sweep.png)" in (run_dir / "report.md").read_text()

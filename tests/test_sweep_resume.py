@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pandas as pd
 import yaml
 
 from tests.standins import FAIL, LOG, SPACE
+from tests.test_resume import one_line_with
 
 EPOCHS, FOLDS, CONFIGS = 2, 2, 3
 
@@ -43,7 +45,9 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     diverges (a user error): the sweep goes on, the searcher hears that c2 failed — once — and
     the exit code says a fold failed."""
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({**SPACE, "search": "optuna", "seed": 3}))
+    # with fold-mean early stopping at epoch 1 of 2: the scheduler's state is restored too
+    space.write_text(yaml.safe_dump({**SPACE, "search": "optuna", "seed": 3, "scheduler": {
+        "asha": {"grace_period": 1, "reduction_factor": 2}}}))
     run_dir, log = tmp_path / "out" / "search", tmp_path / "executed.jsonl"
     args = ["--space", str(space), "--preset", "smoke", "--epochs", str(EPOCHS), "--folds",
             str(FOLDS), "--num-samples", str(CONFIGS), "--max-concurrent", "1", "--output",
@@ -58,7 +62,7 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "interrupted (SIGINT)" in out and f"--resume {run_dir}" in out, out
+    assert one_line_with(out, "interrupted (SIGINT)", f"--resume {run_dir}"), out
     assert "Traceback" not in out and "Error" not in out, out
 
     proc = sweep_process(["--resume", str(run_dir)], log)
@@ -75,11 +79,19 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     resumed = sweep_process(["--resume", str(run_dir)], log)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 1, out  # c2 fold 2 failed
+    # --max-concurrent 1: one configuration's folds at a time share the CPUs, not all trials'
+    at_once = re.search(r"(\d+) trial\(s\), (\d+) at a time; each ([\d.]+) CPU", out)
+    assert at_once and int(at_once[1]) == CONFIGS * FOLDS and int(at_once[2]) <= FOLDS, out
     assert "Traceback" not in out and out.count("[c2 fold 2] FAILED: NonFiniteLossError") <= 1
 
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    assert len(epochs) == (CONFIGS * FOLDS - 1) * EPOCHS  # all but the fold that diverged
     assert not epochs.duplicated(["config_id", "fold", "epoch"]).any()
+    last = epochs.groupby(["config_id", "fold"])["epoch"].max()
+    assert len(last) == CONFIGS * FOLDS - 1  # every fold but the one that diverged
+    assert len(epochs) == last.sum()  # each from epoch 1 to where it ended, once
+    board = pd.read_parquet(run_dir / "leaderboard.parquet").set_index("config_id")
+    for config_id, ends in last.groupby(level="config_id"):  # stopped as a whole, or not at all
+        assert ends.nunique() == 1 and board.loc[config_id, "stopped_early"] == (ends.max() < EPOCHS)
     heard = told(run_dir)
     assert [t["config_id"] for t in heard] == [f"c{i}" for i in range(1, CONFIGS + 1)]
     assert heard[:len(before)] == before  # nothing told twice, nothing forgotten
@@ -100,7 +112,6 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     assert finished
     assert not [r for r in runs if r["time"] > killed_at
                 and (r["lr"], r["dropout"], r["fold"]) in finished]
-    board = pd.read_parquet(run_dir / "leaderboard.parquet").set_index("config_id")
     assert len(board) == CONFIGS and {"hp_lr", "hp_dropout"} <= set(board.columns)
     assert board.loc["c2", "folds_failed"] == 1
     assert (run_dir / "figures" / "sweep.png").is_file()

@@ -52,6 +52,22 @@ def test_resume_with_two_workers_equals_an_uninterrupted_fold(smoke_run, tmp_pat
         assert resumed[0][key] == pytest.approx(reference.loc[2, key], rel=1e-6), key
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loaders_leave_the_global_rng_to_dropout(tree, workers):
+    """Dropout on the CPU draws from the global RNG, which the state saves and a resume restores;
+    the loaders must not draw from it (0 workers: each epoch; persistent workers: only the first),
+    or a resumed fold, or one with another --num-workers, trains with other dropout masks."""
+    cfg = preset("smoke").replace(num_workers=workers)
+    split = make_folds([s.key for s in find_samples(tree, "train")], 3, cfg.seed)[0]
+    train, val = build_loaders(cfg, str(tree), split, torch.device("cpu"), workers)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for epoch in (1, 2, 3):
+        train.sampler.set_epoch(epoch)
+        assert sum(len(b["image"]) for b in train) > 0 and sum(len(b["image"]) for b in val) > 0
+        assert torch.equal(torch.get_rng_state(), before), epoch
+
+
 def test_validation_inputs_are_identical_with_and_without_the_cache(tree):
     samples = find_samples(tree, "train")
     plain = SegmentationDataset(samples, val_transform((32, 64)), full_mask=True)
@@ -99,7 +115,7 @@ def scripted_steps(val_losses: list[float], mious: list[float]) -> FoldSteps:
 
     def evaluate(model, loader, device, **kwargs):
         k = epoch["n"] - 1
-        right = int(1000 * mious[k])  # a confusion matrix whose mIoU is about mious[k]
+        right = int(1000 * mious[k])  # a confusion matrix whose mIoU rises with mious[k]
         cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
         cm[0, 0], cm[0, 1] = right, 1000 - right
         return EvalStats(val_losses[k], cm, cm, 2, 0.01, 0)
@@ -115,11 +131,58 @@ def scripted_steps(val_losses: list[float], mious: list[float]) -> FoldSteps:
     ("miou_low", [1.0] * 6, [0.5, 0.4, 0.45, 0.3, 0.3, 0.3], 5),
 ])
 def test_plateau_halves_the_lr_after_patience_bad_epochs(tree, metric, losses, mious, halved_at):
-    cfg = preset("smoke", data_root=str(tree), epochs=6, plateau_metric=metric,
-                 plateau_patience=2, plateau_factor=0.5, lr=1e-3)
+    from raycity import cv
+    from raycity.cli import build_config
+
+    # the recipe as the CLI builds it from `--plateau-metric`
+    cfg, _, _ = build_config(cv.parser().parse_args(
+        ["--preset", "smoke", "--data-root", str(tree), "--epochs", "6", "--lr", "1e-3",
+         "--plateau-metric", metric]))
+    assert (cfg.plateau_metric, cfg.plateau_patience, cfg.plateau_factor) == (metric, 2, 0.5)
     fold = make_folds([s.key for s in find_samples(tree, "train")], 3)[0]
     lrs = []
     run_fold(cfg, fold, str(tree), lambda m, s: lrs.append(m["lr"]),
              steps=scripted_steps(losses, mious))
     expected = [1e-3 if epoch < halved_at else 5e-4 for epoch in range(1, 7)]
     np.testing.assert_allclose(lrs, expected)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # built, never iterated
+def test_a_folds_cpus_become_threads_on_the_cpu_and_loader_workers_on_cuda(tree):
+    """On CUDA one CPU runs the training loop and the rest decode (pinned, persistent, four
+    batches ahead); on the CPU every CPU computes; --num-workers takes its workers from them."""
+    from raycity.training import cpu_split
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert cpu_split(16, cuda, None) == (1, 15)
+    assert cpu_split(5, cuda, None) == (1, 4)
+    assert cpu_split(8, cpu, None) == (8, 0)
+    assert cpu_split(0.666, cpu, None) == (1, 0)  # a share of one CPU: one thread
+    assert cpu_split(4, cpu, 2) == (2, 2)
+    cfg = preset("smoke")
+    split = make_folds([s.key for s in find_samples(tree, "train")], 3, cfg.seed)[0]
+    threads, workers = cpu_split(5, cuda, None)
+    train, val = build_loaders(cfg, str(tree), split, cuda, workers)
+    for loader in (train, val):
+        assert (loader.num_workers, loader.pin_memory, loader.persistent_workers,
+                loader.prefetch_factor) == (4, True, True, 4)
+    train, _ = build_loaders(cfg, str(tree), split, cpu, 0)
+    assert (train.num_workers, train.pin_memory, train.persistent_workers) == (0, False, False)
+
+
+def test_the_state_carries_the_cuda_rng(monkeypatch):
+    """A fold's state holds its GPU's RNG and a resume puts it back on that GPU (torch.cuda
+    stood in for: no GPU here)."""
+    from raycity.training import rng_state, set_rng_state
+
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device: torch.tensor([device.index, 7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: restored.update(state=state, device=device))
+    gpu = torch.device("cuda", 1)
+    state = rng_state(gpu)
+    assert torch.equal(state["cuda"], torch.tensor([1, 7], dtype=torch.uint8))
+    set_rng_state(state, gpu)
+    assert torch.equal(restored["state"], state["cuda"]) and restored["device"] == gpu
+    assert "cuda" not in rng_state(torch.device("cpu"))

@@ -26,14 +26,32 @@ def run(args, out):
     return cv.main(["--preset", "smoke", "--output", str(out), *args])
 
 
+def wide_resnet_weights() -> dict:
+    """A ResNet-50's names with other shapes, as a Wide ResNet-50 or ResNeXt-50 file has."""
+    import torch
+    from torchvision.models import resnet50
+
+    state = resnet50(weights=None).state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
+    return state
+
+
 @pytest.mark.parametrize("weights, expected", [
     ("/nonexistent.pth", "--pretrained '/nonexistent.pth': no such file"),
     ("NOTES", "not a loadable state dict"),
+    (["a list", "of strings"], "holds a list, not a state dict of tensors"),
+    ("WIDE", "not a ResNet-50 state dict (Error(s) in loading state_dict"),
 ])
 def test_bad_weights_are_refused_before_launch(tmp_path, capsys, weights, expected):
+    import torch
+
     if weights == "NOTES":
         weights = str(tmp_path / "notes.txt")
         (tmp_path / "notes.txt").write_text("my notes, not weights")
+    elif not isinstance(weights, str) or weights == "WIDE":
+        path = tmp_path / "weights.pth"
+        torch.save(wide_resnet_weights() if weights == "WIDE" else weights, path)
+        weights = str(path)
     assert run(["--pretrained", weights], tmp_path / "out") == 2
     assert expected in one_line(capsys)
     assert not (tmp_path / "out").exists()
@@ -87,6 +105,7 @@ def test_a_16_bit_label_above_255_is_one_line_in_check(tree, capsys):
     (["--name", "a/b"], "--name 'a/b'"),
     (["--gpus-per-trial", "2"], "--gpus-per-trial 2: expected 0 (CPU), 1"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial 0: expected a number > 0"),
+    (["--plateau-metric", "accuracy"], "plateau_metric='accuracy': expected val_loss or miou_low"),
 ])
 def test_bad_flags_are_one_line(tmp_path, capsys, args, expected):
     assert run(args, tmp_path / "out") == 2
@@ -101,6 +120,14 @@ def test_an_unwritable_output_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert run([], tmp_path / "file" / "results") == 2
     assert "is a file, not a folder" in one_line(capsys)
+
+
+def test_an_unwritable_demo_cache_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAYCITY_CACHE", "/sys/raycity-cache")
+    assert run(["--synthetic-train", "5"], tmp_path / "out") == 2
+    line = one_line(capsys)
+    assert "cannot write the demo's synthetic scenes into /sys/raycity-cache" in line
+    assert "$RAYCITY_CACHE" in line and not (tmp_path / "out").exists()
 
 
 def test_a_truncated_cache_falls_back_to_the_pngs_with_one_warning(tree):

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from raycity.constants import LABEL_COLORS
-from raycity.data.layout import IMAGE_SUFFIX, LABEL_SUFFIX
+from raycity.data.layout import IMAGE_SUFFIX, LABEL_SUFFIX, DataError
 
 if TYPE_CHECKING:
     from raycity.config import Config
@@ -118,8 +118,13 @@ def synthetic_root(counts: dict[str, int], size: tuple[int, int], seed: int = 0)
     target = cache_home() / "synthetic" / hashlib.sha1(spec.encode()).hexdigest()[:12]
     if (target / "spec.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    except OSError as err:
+        raise DataError(f"cannot write the demo's synthetic scenes into {target.parent} "
+                        f"({err.strerror or err}); set $RAYCITY_CACHE to a writable folder, or "
+                        f"pass --data-root") from err
     try:
         write_synthetic_cityscapes(tmp, counts, size, seed)
         (tmp / "spec.json").write_text(spec)

@@ -19,6 +19,7 @@ from raycity.data import find_samples
 from raycity.data.cache import cache_problem
 from raycity.data.layout import check_pairs
 from raycity.data.synthetic import dataset_root
+from raycity.errors import short_error
 from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
 from raycity.model import check_pretrained
 from raycity.results import atomic_write_text
@@ -29,8 +30,8 @@ from raycity.tune.recorder import (
     RunRecorder,
     SchedulerState,
     load_epochs,
+    load_status,
     recording,
-    short_error,
     trial_key,
     write_tables,
 )
@@ -105,7 +106,9 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
             state.data_root = dataset_root(state.config)[0]
         if state.finished:
             echo(f"{run_dir}: this run has finished; rebuilding any missing tables and figures")
-            return run_dir, write_tables(run_dir, state, load_epochs(run_dir, state, echo), {})
+            return run_dir, write_tables(run_dir, state,
+                                         load_epochs(run_dir, state, echo, complete=True),
+                                         load_status(run_dir))
     else:
         # Everything that can be wrong with the data or the weights is found before anything
         # is written or launched.
@@ -138,7 +141,9 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
     stop.install()  # ray.init sets a SIGTERM handler of its own …
     logs.apply()  # … and resets the "ray" logger
     try:
-        plan = resource_plan(cfg, opts, configurations * len(folds))
+        # at most --max-concurrent configurations are in flight: their folds share the CPUs
+        in_flight = min(configurations, (search and search.max_concurrent) or configurations)
+        plan = resource_plan(cfg, opts, in_flight * len(folds))
         echo(f"{configurations * len(folds)} trial(s), {plan.concurrent} at a time; each "
              f"{plan.cpus:g} CPU(s), {plan.gpus:g} GPU(s), {plan.memory / 2**30:.1f} GiB")
         if search is not None and search.max_concurrent is None:  # keep every trial slot busy
@@ -153,8 +158,9 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
             atomic_write_text(run_dir / "run.json", state.to_json())
         logs.to_file(run_dir)
         claim_storage(state, run_dir)
-        if opts.resume and not (run_dir / "epochs.parquet").is_file():
-            write_tables(run_dir, state, load_epochs(run_dir, state, echo), {})
+        if opts.resume:
+            write_tables(run_dir, state, load_epochs(run_dir, state, echo, complete=True),
+                         load_status(run_dir))
         trainable = tune.with_resources(
             tune.with_parameters(train_fold, cfg=cfg, folds={f.fold: f for f in folds},
                                  data_root=state.data_root, fold_fn=fold_fn,

@@ -19,7 +19,7 @@ import pandas as pd
 from ray import tune
 
 from raycity.data.layout import first_label_size
-from raycity.errors import brief
+from raycity.errors import brief, short_error
 from raycity.results import (
     EPOCH_COLUMNS,
     atomic_write_parquet,
@@ -29,6 +29,7 @@ from raycity.results import (
     table1_markdown,
 )
 from raycity.snapshots import FoldCheckpoints
+from raycity.training import REPLAYED
 from raycity.tune.driver import StopSignals
 from raycity.tune.rundir import RunState
 from raycity.tune.trainable import STATE_DIR, USER_ERROR
@@ -59,17 +60,6 @@ def recording(run_dir: Path, state: RunState, echo: Callable[[str], None],
 
 def trial_key(trial: Any) -> tuple[str, int]:
     return trial.config["variant"]["config_id"], int(trial.config["fold"])
-
-
-def short_error(text: object) -> str:
-    """The line of a trial's traceback that says what went wrong, without the module path
-    ("DataError: …", not "raycity.data.layout.DataError: …")."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    for line in reversed(lines):
-        head = line.split(":")[0]
-        if "Error" in head or "Exception" in head:
-            return line[len(head) - len(head.rsplit(".", 1)[-1]):] if " " not in head else line
-    return lines[-1] if lines else "unknown error"
 
 
 def hp_column(name: str) -> str:
@@ -121,9 +111,7 @@ class RunRecorder(tune.Callback):
         if not self.rows:  # a resumed driver continues the table
             self.rows = load_epochs(run_dir, self.run.state, self.run.echo).to_dict("records")
             self.resumed = bool(self.rows)
-        status_file = run_dir / "status.json"
-        if status_file.is_file():
-            self.status = {(c, int(f)): s for c, f, s in json.loads(status_file.read_text())}
+        self.status = load_status(run_dir)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if self.run.stop is not None:
@@ -143,6 +131,8 @@ class RunRecorder(tune.Callback):
             self.retries[trial.trial_id] = trial.max_failures
             trial.max_failures = 0  # the error it raises next is final: a retry repeats it
             return
+        if result.get(REPLAYED):  # a rung said again for the scheduler; its row is here
+            return
         state = self.run.state
         overrides = trial.config["variant"]["overrides"]
         row = {k: result[k] for k in EPOCH_COLUMNS if k in result}
@@ -161,6 +151,13 @@ class RunRecorder(tune.Callback):
         self.status[key] = f"failed: {message}"
         self.run.echo(f"[{who(self.run.state, key)}] FAILED: {message}")
         self.flush()
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """A crash (a killed worker, a lost node) that Tune retries: said, so that a fold
+        retraining epochs it had already reported is not a mystery."""
+        self.run.echo(f"[{who(self.run.state, trial_key(trial))}] its worker stopped; restarting "
+                      f"it from its last state (restart {trial.num_failures} of "
+                      f"{trial.max_failures}, --max-failures)")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.flush()
@@ -208,21 +205,42 @@ class SchedulerState(tune.Callback):
         self.scheduler.set_state(state["scheduler"])
 
 
-def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None]) -> pd.DataFrame:
+def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None], *,
+                complete: bool = False) -> pd.DataFrame:
     """epochs.parquet, or — if it is missing or damaged — the same rows rebuilt from the record
     every fold keeps of its epochs in its trial directory, so that a resume never summarises
-    fewer epochs than were trained. (Tune's own result.json starts over in each session.)"""
+    fewer epochs than were trained. (Tune's own result.json starts over in each session.)
+    `complete` (on --resume) also adds the epochs the folds recorded and the table lacks: a
+    driver killed between a fold's record and its table write, or an older copy of the table."""
     path = run_dir / "epochs.parquet"
     try:
-        return pd.read_parquet(path)
+        table = pd.read_parquet(path)
+        if not complete:
+            return table
+        reason = None
     except FileNotFoundError:
-        reason = "missing"
+        table, reason = None, "missing"
     except (OSError, ValueError) as err:
-        reason = f"unreadable ({brief(err)})"
+        table, reason = None, f"unreadable ({brief(err)})"
     rows = trial_records(state.experiment_path(run_dir), state)
+    if table is not None:
+        known = set(zip(table["config_id"], table["fold"].astype(int), table["epoch"].astype(int)))
+        extra = [r for r in rows if (r["config_id"], int(r["fold"]), int(r["epoch"])) not in known]
+        if not extra:
+            return table
+        echo(f"{path}: added {len(extra)} epoch row(s) the trials recorded and it lacked")
+        return epochs_frame(table.to_dict("records") + extra)
     if rows or reason != "missing":
         echo(f"{path}: {reason}; rebuilt {len(rows)} epoch row(s) from the trials' records")
     return epochs_frame(rows)
+
+
+def load_status(run_dir: Path) -> dict[tuple[str, int], str]:
+    """status.json: the folds that failed, as the last driver left them."""
+    path = run_dir / "status.json"
+    if not path.is_file():
+        return {}
+    return {(c, int(f)): s for c, f, s in json.loads(path.read_text())}
 
 
 def trial_records(experiment_path: str, state: RunState) -> list[dict]:

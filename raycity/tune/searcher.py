@@ -14,6 +14,7 @@ resumed sweep neither loses, repeats nor re-proposes a configuration.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ class FoldFanOut(Searcher):
             self.on_trial_result(trial_id, result)
         fold = self.trials[trial_id][1]
         group["done"][fold] = bool(error or (result or {}).get(USER_ERROR))
-        if len(group["done"]) == len(self.folds) and not group["told"]:
+        if len(group["done"]) == len(self.folds):
             self._tell(group)
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -195,19 +196,30 @@ class FoldFanOut(Searcher):
         return self.groups.get(config_id) if config_id else None
 
     def _tell(self, group: dict[str, Any]) -> None:
-        group["told"] = True
+        """Once per configuration — and once more if it was told that a fold failed and a
+        resumed run (which reruns failed folds) has since finished that fold."""
         scores = [group["best"][f][1] for f in self.folds if f in group["best"]]
         failed = any(group["done"].values()) or len(scores) < len(self.folds)
         record = {"config_id": group["config_id"], "values": group["values"],
                   "folds": len(scores), "error": failed}
-        if failed:
-            self.searcher.on_trial_complete(group["config_id"], error=True)
-        else:
+        if not failed:
             mean, std = float(np.mean(scores)), float(np.std(scores))
             record.update(mean=mean, std=std)
-            self.searcher.on_trial_complete(
-                group["config_id"], result={TOLD: mean, f"{TOLD}_std": std, "folds": len(scores)})
-        self.told.append(record)
+        if group["told"]:
+            index = next(i for i, r in enumerate(self.told) if r["config_id"] == group["config_id"])
+            if failed or not self.told[index]["error"]:
+                return
+            with contextlib.suppress(NotImplementedError):  # a fixed list learns nothing
+                self.searcher.add_evaluated_point(group["values"], record["mean"])
+            self.told[index] = {**record, "retold": True}
+        else:
+            group["told"] = True
+            if failed:
+                self.searcher.on_trial_complete(group["config_id"], error=True)
+            else:
+                self.searcher.on_trial_complete(group["config_id"], result={
+                    TOLD: record["mean"], f"{TOLD}_std": record["std"], "folds": len(scores)})
+            self.told.append(record)
         write_told(self.told)
 
     def get_state(self) -> dict[str, Any]:

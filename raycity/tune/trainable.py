@@ -14,7 +14,7 @@ import torch
 from ray import tune
 
 from raycity.config import Config
-from raycity.errors import UserError
+from raycity.errors import UserError, short_error
 from raycity.folds import FoldSplit
 from raycity.snapshots import FoldCheckpoints
 from raycity.training import run_fold
@@ -77,5 +77,5 @@ def train_fold(params: dict[str, Any], *, cfg: Config, folds: dict[int, FoldSpli
                 cpus=cpus, device=device)
     except UserError as err:
         # The driver's recorder reads this and lets the error end the trial without a retry.
-        tune.report({USER_ERROR: f"{type(err).__name__}: {err}", **extra})
+        tune.report({USER_ERROR: short_error(f"{type(err).__name__}: {err}"), **extra})
         raise
