@@ -9,11 +9,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from raycity.config import PRESETS, Config, ConfigError, RunOptions, preset
 from raycity.errors import UserError
+from raycity.tune.driver import Interrupted
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -163,6 +165,23 @@ def build_options(args: argparse.Namespace, preset_name: str) -> RunOptions:
                       dashboard_host=args.dashboard_host, max_failures=args.max_failures,
                       keep_trial_checkpoints=args.keep_trial_checkpoints, ray_logs=args.ray_logs,
                       resume=bool(args.resume), overwrite=args.overwrite)
+
+
+def guarded(args: argparse.Namespace, command: str,
+            run: Callable[[Config, dict[str, Any], RunOptions], int]) -> int:
+    """An entry point's run: the user's mistakes end in one line (exit 2), a signal in the line
+    that says how to continue (exit 128 + its number), whatever raised them."""
+    opts = None
+    try:
+        cfg, explicit, preset_name = build_config(args)
+        opts = build_options(args, preset_name)
+        return run(cfg, explicit, opts)
+    except user_errors() as err:
+        return fail(err)
+    except Interrupted as stopped:
+        return interrupted(opts, stopped.signum, command)
+    except KeyboardInterrupt:  # before the run's own signal handling was in place
+        return interrupted(opts, command=command)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -7,17 +7,10 @@ and TensorBoard logs; prints Table 1 at the end.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from raycity.cli import (
-    add_common_args,
-    build_config,
-    build_options,
-    fail,
-    interrupted,
-    keep_token_auth_quietly,
-    user_errors,
-)
-from raycity.tune.driver import Interrupted
+from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly
+from raycity.config import Config, RunOptions
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,25 +24,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     keep_token_auth_quietly()
-    args = parser().parse_args(argv)
-    opts = None
-    try:
-        cfg, explicit, preset_name = build_config(args)
-        opts = build_options(args, preset_name)
-        from raycity.tune.experiment import Variant, run_experiment
+    return guarded(parser().parse_args(argv), "python -m raycity.cv", cross_validate)
 
-        run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], explicit=explicit)
-        if summary is None:
-            return fail(f"{run_dir}: no fold reported a single epoch")
-        from raycity.report import write_report
 
-        write_report(run_dir)
-    except user_errors() as err:
-        return fail(err)
-    except Interrupted as stopped:
-        return interrupted(opts, stopped.signum, "python -m raycity.cv")
-    except KeyboardInterrupt:  # before the run's own signal handling was in place
-        return interrupted(opts, command="python -m raycity.cv")
+def cross_validate(cfg: Config, explicit: dict[str, Any], opts: RunOptions) -> int:
+    from raycity.report import write_report
+    from raycity.tune.experiment import Variant, run_experiment
+
+    run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], explicit=explicit)
+    if summary is None:
+        return fail(f"{run_dir}: no fold reported a single epoch")
+    write_report(run_dir)
     print()
     print((run_dir / "summary.md").read_text())
     print(f"results: {run_dir}\n  pandas: pd.read_parquet('{run_dir}/epochs.parquet')\n"

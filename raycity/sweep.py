@@ -6,22 +6,15 @@ plus leaderboard.parquet / leaderboard.md, searcher.json and figures/sweep.png."
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from raycity.cli import (
-    add_common_args,
-    build_config,
-    build_options,
-    fail,
-    interrupted,
-    keep_token_auth_quietly,
-    user_errors,
-)
-from raycity.tune.driver import Interrupted
+from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly
+from raycity.config import Config, RunOptions
 
 if TYPE_CHECKING:
     from raycity.tune.rundir import RunState
@@ -55,39 +48,33 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     keep_token_auth_quietly()
     args = parser().parse_args(argv)
-    opts = None
-    try:
-        cfg, explicit, preset_name = build_config(args)
-        opts = build_options(args, preset_name)
-        from raycity.tune.experiment import run_experiment
+    return guarded(args, "python -m raycity.sweep", functools.partial(run_sweep, args))
 
-        if args.resume:
-            fixed = [flag for flag, value in (("--space", args.space), ("--search", args.search),
-                                              ("--num-samples", args.num_samples),
-                                              ("--max-concurrent", args.max_concurrent))
-                     if value is not None]
-            if fixed:
-                from raycity.tune.space import SpaceError
 
-                raise SpaceError(f"--resume {args.resume}: {', '.join(fixed)} cannot change "
-                                 f"(the search continues as it started); drop them")
-        plan_ = resumed_plan(Path(opts.run_dir)) if args.resume else plan(args, cfg, explicit)
-        run_dir, summary = run_experiment("sweep", cfg, opts, plan_["variants"],
-                                          hparams=plan_["hparams"], metric=plan_["metric"],
-                                          scheduler=plan_["scheduler"], search=plan_["search"],
-                                          explicit=explicit)
-        if summary is None:
-            return fail(f"{run_dir}: no trial reported a single epoch")
-        write_leaderboard(run_dir, summary)
-        from raycity.report import write_report
+def run_sweep(args: argparse.Namespace, cfg: Config, explicit: dict[str, Any],
+              opts: RunOptions) -> int:
+    from raycity.report import write_report
+    from raycity.tune.experiment import run_experiment
 
-        write_report(run_dir)
-    except user_errors() as err:
-        return fail(err)
-    except Interrupted as stopped:
-        return interrupted(opts, stopped.signum, "python -m raycity.sweep")
-    except KeyboardInterrupt:  # before the run's own signal handling was in place
-        return interrupted(opts, command="python -m raycity.sweep")
+    if args.resume:
+        fixed = [flag for flag, value in (("--space", args.space), ("--search", args.search),
+                                          ("--num-samples", args.num_samples),
+                                          ("--max-concurrent", args.max_concurrent))
+                 if value is not None]
+        if fixed:
+            from raycity.tune.space import SpaceError
+
+            raise SpaceError(f"--resume {args.resume}: {', '.join(fixed)} cannot change "
+                             f"(the search continues as it started); drop them")
+    plan_ = resumed_plan(Path(opts.run_dir)) if args.resume else plan(args, cfg, explicit)
+    run_dir, summary = run_experiment("sweep", cfg, opts, plan_["variants"],
+                                      hparams=plan_["hparams"], metric=plan_["metric"],
+                                      scheduler=plan_["scheduler"], search=plan_["search"],
+                                      explicit=explicit)
+    if summary is None:
+        return fail(f"{run_dir}: no trial reported a single epoch")
+    write_leaderboard(run_dir, summary)
+    write_report(run_dir)
     print()
     print((run_dir / "leaderboard.md").read_text())
     print((run_dir / "summary.md").read_text())
