@@ -38,7 +38,7 @@ from raycity.model import UNetResNet50, empty_model
 from raycity.snapshots import FoldCheckpoints
 
 Report = Callable[[dict[str, Any], "str | None"], None]
-REPLAYED = "replayed"  # a result key: said before, said again after a resume (see rungs_passed)
+REPLAYED = "replayed"  # a result key: said before, said again after a resume (no new row)
 
 
 class DeviceError(UserError, RuntimeError):
@@ -217,8 +217,10 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
     reported. The same numbers come out whether a fold runs through or is resumed.
     """
     if checkpoints is not None and (done := checkpoints.done()) is not None:
-        # a fold restarted after it had finished: say so again, train nothing
-        report({k: v for k, v in done.items() if k not in checkpoints.labels}, None)
+        # a fold restarted after it had finished (its end reached the fold's record but not
+        # Tune's snapshot): say its last epoch again, train nothing
+        report({**{k: v for k, v in done.items() if k not in checkpoints.labels},
+                REPLAYED: True}, None)
         return
     device = device or pick_device()
     check_device(device)

@@ -22,7 +22,7 @@ import torch
 from raycity.checkpoint import ARCH
 from raycity.constants import NUM_CLASSES
 from raycity.data.dataset import derive_seed
-from raycity.training import rungs_passed
+from raycity.training import REPLAYED, rungs_passed
 
 SPACE = {"params": {"lr": {"loguniform": [1.0e-6, 1.0e-1]}, "dropout": {"uniform": [0.0, 0.5]}}}
 NOISE = 0.02  # std of a fold's deviation from the true score (folds really do differ)
@@ -101,7 +101,8 @@ def standin_fold(cfg, split, root, report, *, checkpoints=None, sync_epochs=(), 
     """`run_fold` for the stand-in: resumes from its checkpoints, writes one every epoch."""
     values = {"lr": cfg.lr, "dropout": cfg.dropout}
     if checkpoints is not None and (done := checkpoints.done()) is not None:
-        report({k: v for k, v in done.items() if k not in checkpoints.labels}, None)
+        report({**{k: v for k, v in done.items() if k not in checkpoints.labels},
+                REPLAYED: True}, None)
         return
     state = checkpoints.resume() if checkpoints is not None else None
     for metrics in rungs_passed(checkpoints, sync_epochs, state) if state else ():

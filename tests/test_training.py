@@ -17,7 +17,7 @@ from raycity.data.cache import build_cache, cached_reader
 from raycity.engine import EvalStats, TrainStats
 from raycity.folds import load_folds, make_folds
 from raycity.snapshots import FoldCheckpoints
-from raycity.training import FoldSteps, build_loaders, run_fold
+from raycity.training import REPLAYED, FoldSteps, build_loaders, run_fold
 
 METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
 
@@ -45,11 +45,13 @@ def test_resume_with_two_workers_equals_an_uninterrupted_fold(smoke_run, tmp_pat
         run_fold(cfg, fold, root, stop_after_epoch_1, sync_epochs={1},
                  checkpoints=FoldCheckpoints(str(tmp_path)), cpus=1)
     resumed = []
-    run_fold(cfg, fold, root, lambda m, s: resumed.append(m),
+    run_fold(cfg, fold, root, lambda m, s: resumed.append(m), sync_epochs={1},
              checkpoints=FoldCheckpoints(str(tmp_path)), cpus=1)
-    assert [m["epoch"] for m in resumed] == [2]
+    # epoch 1 was a synchronous epoch (a rung): said again first, for a scheduler that may
+    # have missed it, then epoch 2 is trained
+    assert [(m["epoch"], m.get(REPLAYED, False)) for m in resumed] == [(1, True), (2, False)]
     for key in METRICS:
-        assert resumed[0][key] == pytest.approx(reference.loc[2, key], rel=1e-6), key
+        assert resumed[1][key] == pytest.approx(reference.loc[2, key], rel=1e-6), key
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -186,3 +188,21 @@ def test_the_state_carries_the_cuda_rng(monkeypatch):
     set_rng_state(state, gpu)
     assert torch.equal(restored["state"], state["cuda"]) and restored["device"] == gpu
     assert "cuda" not in rng_state(torch.device("cpu"))
+
+
+def test_a_fold_restarted_after_it_finished_says_its_last_epoch_again_and_trains_nothing(
+        tmp_path, tree):
+    """Its end reached the fold's own record but not Tune's snapshot: the restarted trial
+    repeats the last result (marked replayed, so no second row or line) and stops."""
+    done = FoldCheckpoints(str(tmp_path), labels={"config_id": "c1"})
+    done.mark_done({"fold": 1, "epoch": 2, "miou_low": 0.4})
+    fold = make_folds([s.key for s in find_samples(tree, "train")], 3)[0]
+    said = []
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished fold trained again")
+
+    run_fold(preset("smoke", data_root=str(tree)), fold, str(tree),
+             lambda m, s: said.append((m, s)), checkpoints=done,
+             steps=FoldSteps(no_training, no_training))
+    assert said == [({"fold": 1, "epoch": 2, "miou_low": 0.4, REPLAYED: True}, None)]

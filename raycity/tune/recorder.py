@@ -131,7 +131,7 @@ class RunRecorder(tune.Callback):
             self.retries[trial.trial_id] = trial.max_failures
             trial.max_failures = 0  # the error it raises next is final: a retry repeats it
             return
-        if result.get(REPLAYED):  # a rung said again for the scheduler; its row is here
+        if result.get(REPLAYED):  # said again for the scheduler and searcher; its row is here
             return
         state = self.run.state
         overrides = trial.config["variant"]["overrides"]
