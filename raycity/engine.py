@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,22 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 def pick_device() -> torch.device:
     """For in-process use (evaluate, predict, benchmarks); a Ray trial uses the GPUs Ray granted it."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The RNGs a training state carries, so that a resumed fold draws what a run through would:
+    the CPU's and the GPU's (dropout on either) and Python's."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

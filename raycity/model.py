@@ -166,8 +166,8 @@ def load_encoder_weights(net: nn.Module, pretrained: str) -> None:
                                          f"state dict (.pth)") from err
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                                  for v in state.values()):
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
             raise PretrainedWeightsError(
                 f"--pretrained {path}: holds a {type(state).__name__}, not a state dict of "
                 f"tensors; expected a torchvision ResNet-50 state dict (.pth)")

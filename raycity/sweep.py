@@ -152,7 +152,7 @@ def tuned_values(state: RunState, epochs: pd.DataFrame, told: list[dict]) -> pd.
     """config_id → the values each configuration was trained with (its hp_* columns): from the
     epochs where it has any, else from what the searcher proposed or the variants listed — a
     configuration whose every fold failed before its first epoch still has its row."""
-    from raycity.tune.recorder import hp_column, tuned
+    from raycity.tune.tables import hp_column, tuned
 
     values = {v.config_id: tuned(state, v.overrides) for v in state.variants}
     values.update({r["config_id"]: tuned(state, r["values"]) for r in told})
@@ -176,8 +176,8 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
         leaderboard_markdown,
         table1_markdown,
     )
-    from raycity.tune.recorder import hp_column
     from raycity.tune.rundir import RunState
+    from raycity.tune.tables import hp_column
     state = RunState.load(run_dir)
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
     told_file = run_dir / "searcher.json"
@@ -203,7 +203,7 @@ def tensorboard_hparams(run_dir: Path, board: pd.DataFrame, hparams: list[str],
     """One hparams entry per configuration, for TensorBoard's HPARAMS tab."""
     from tensorboardX import SummaryWriter
 
-    from raycity.tune.recorder import hp_column
+    from raycity.tune.tables import hp_column
 
     with SummaryWriter(str(run_dir / "tensorboard" / "hparams")) as writer:
         for row in board.to_dict("records"):

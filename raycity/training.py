@@ -29,6 +29,8 @@ from raycity.engine import (
     cross_entropy,
     evaluate,
     pick_device,
+    rng_state,
+    set_rng_state,
     train_one_epoch,
 )
 from raycity.errors import UserError
@@ -169,20 +171,6 @@ def fold_metrics(fold: int, epoch: int, lr: float, train, val) -> dict[str, Any]
     return metrics
 
 
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def rungs_passed(checkpoints: FoldCheckpoints, sync_epochs: Collection[int],
                  resume: dict[str, Any]) -> list[dict[str, Any]]:
     """The results this fold reported at the synchronous epochs (early-stopping rungs) it has
@@ -191,15 +179,16 @@ def rungs_passed(checkpoints: FoldCheckpoints, sync_epochs: Collection[int],
     A driver killed after a rung's result reached it, but before Tune's next snapshot, comes
     back with a scheduler that never heard it: the fold's siblings would wait at that rung for
     a result this fold, resuming past it, would never send. Where the rung was heard, a second
-    hearing changes nothing (a decided rung is not judged again). The rung's record may be
-    missing when the crash fell between the state and the record; the state's own metrics
-    stand in for it.
+    hearing changes nothing (a decided rung is not judged again). The rung's record is missing
+    when the crash fell between the state and the record (so the epoch was never reported):
+    it is written now from the state's own metrics.
     """
     replay = []
     for epoch in sorted(e for e in sync_epochs if e <= resume["epoch"]):
         metrics = checkpoints.recorded(epoch)
         if metrics is None and epoch == resume["epoch"]:
             metrics = dict(resume["meta"]["metrics"])
+            checkpoints.record(metrics)
         if metrics is not None:
             replay.append({**metrics, REPLAYED: True})
     return replay

@@ -125,7 +125,8 @@ def standin_fold(cfg, split, root, report, *, checkpoints=None, sync_epochs=(), 
         saved = None
         if checkpoints is not None:
             meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
-                    "config": cfg.to_dict(), "metrics": {"miou_low": score}}
+                    "config": cfg.to_dict(), "metrics": {"fold": split.fold, "epoch": epoch,
+                                                         "miou_low": score, "miou_full": score}}
             weights = {"score": torch.tensor([score])}
             state = {"model": weights, "epoch": epoch, "meta": meta}
             save = checkpoints.end_of_epoch(epoch, score, weights.copy, state.copy, meta,

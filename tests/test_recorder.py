@@ -58,7 +58,7 @@ def test_a_users_mistake_is_not_retried_a_crash_is(tmp_path):
     assert recorder.status[("cv", 1)] == "failed: DataError: x.png: bad"
 
 
-def test_a_replayed_rung_adds_no_row_and_no_line(tmp_path):
+def test_a_replayed_result_adds_no_line_and_a_row_only_if_missing(tmp_path):
     from raycity.training import REPLAYED
 
     state = RunState("cv", preset("smoke"), [Variant("cv")], str(tmp_path), True, None, "tune", [])
@@ -69,7 +69,11 @@ def test_a_replayed_rung_adds_no_row_and_no_line(tmp_path):
         t = trial("cv", 1, {})
         recorder.on_trial_result(0, [t], t, result(1, 1e-3))
         recorder.on_trial_result(0, [t], t, {**result(1, 1e-3), REPLAYED: True})
-    assert len(lines) == 1 and len(pd.read_parquet(tmp_path / "epochs.parquet")) == 1
+        assert len(lines) == 1 and len(pd.read_parquet(tmp_path / "epochs.parquet")) == 1
+        # one this driver never heard (a crash between the fold's record and its report)
+        recorder.on_trial_result(0, [t], t, {**result(2, 1e-3), REPLAYED: True})
+    assert len(lines) == 1
+    assert pd.read_parquet(tmp_path / "epochs.parquet")["epoch"].tolist() == [1, 2]
 
 
 def test_a_configuration_that_never_finished_an_epoch_keeps_its_leaderboard_row(tmp_path):
@@ -91,3 +95,24 @@ def test_a_configuration_that_never_finished_an_epoch_keeps_its_leaderboard_row(
     board = leaderboard(summary, ["hp_lr", "hp_dropout"], values, epochs=2).set_index("config_id")
     assert board.loc["c1", "rank"] == 1 and board.loc["c2", "folds_failed"] == 2
     assert board.loc["c2", "hp_lr"] == 5e-2 and pd.isna(board.loc["c2", "miou_full_mean"])
+
+
+def test_a_trial_started_after_tunes_last_snapshot_is_not_the_runs(tmp_path):
+    """Tune does not restore it and its configuration is proposed again (possibly with other
+    values), so a rebuilt or completed table must not take its epochs."""
+    import json
+
+    from raycity.snapshots import FoldCheckpoints
+    from raycity.tune.tables import trial_records
+
+    state = RunState("sweep", preset("smoke"), [], str(tmp_path), True, None, "tune", ["lr"])
+    experiment = tmp_path / "tune"
+    for trial_id, lr in (("aaa", 1e-3), ("bbb", 5e-2)):
+        ck = FoldCheckpoints(str(experiment / f"c1_fold1_{trial_id}" / "raycity"),
+                             labels={"config_id": "c1", "overrides": {"lr": lr}})
+        ck.record({**result(1, lr), "fold": 1})
+    rows = trial_records(str(experiment), state)
+    assert sorted(r["hp_lr"] for r in rows) == [1e-3, 5e-2]  # no snapshot yet: every trial
+    snapshot = {"trial_data": [[json.dumps({"trial_id": "aaa"}), "{}"]]}
+    (experiment / "experiment_state-2026-11-29_08-00-00.json").write_text(json.dumps(snapshot))
+    assert [r["hp_lr"] for r in trial_records(str(experiment), state)] == [1e-3]

@@ -166,6 +166,11 @@ def test_a_retried_crash_keeps_early_stopping_a_final_failure_does_not():
     s.on_trial_error(tc, trials[("lost", 1)])
     assert s.broken("lost")
     assert decide(s, tc, trials, "lost", 1, {2: 0.0}) == [TrialScheduler.CONTINUE]
+    # --resume reruns the failed fold (Tune adds it back): its rung completes with the sibling's
+    # result heard while the configuration was broken, instead of waiting for it forever
+    s.on_trial_add(tc, trials[("lost", 1)])
+    assert decide(s, tc, trials, "lost", 1, {1: 0.0}) == [TrialScheduler.STOP]
+    assert s.stopped["lost"] == 1
 
 
 def test_scheduler_state_survives_a_driver_restart():
@@ -218,6 +223,7 @@ def test_a_rung_the_restored_scheduler_never_heard_is_said_again_by_the_resuming
     replay = rungs_passed(fold2, {1, 3}, state)
     assert [(r["epoch"], r["m"], r[REPLAYED]) for r in replay] == [(1, 0.7, True),
                                                                  (3, 0.75, True)]
+    assert fold2.recorded(3) == {"fold": 2, "epoch": 3, "m": 0.75}  # never reported: now recorded
     assert "config_id" not in replay[0]
     trials[("mid", 2)].status = "RUNNING"
     decisions = [restarted.on_trial_result(tc, trials[("mid", 2)], r) for r in replay]

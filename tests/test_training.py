@@ -175,7 +175,7 @@ def test_a_folds_cpus_become_threads_on_the_cpu_and_loader_workers_on_cuda(tree)
 def test_the_state_carries_the_cuda_rng(monkeypatch):
     """A fold's state holds its GPU's RNG and a resume puts it back on that GPU (torch.cuda
     stood in for: no GPU here)."""
-    from raycity.training import rng_state, set_rng_state
+    from raycity.engine import rng_state, set_rng_state
 
     restored = {}
     monkeypatch.setattr(torch.cuda, "get_rng_state",

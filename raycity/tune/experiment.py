@@ -26,15 +26,7 @@ from raycity.results import atomic_write_text
 from raycity.snapshots import FoldCheckpoints
 from raycity.training import run_fold
 from raycity.tune.driver import RayLogs, StopSignals, connect_ray
-from raycity.tune.recorder import (
-    RunRecorder,
-    SchedulerState,
-    load_epochs,
-    load_status,
-    recording,
-    trial_key,
-    write_tables,
-)
+from raycity.tune.recorder import RunRecorder, SchedulerState, recording, trial_key
 from raycity.tune.resources import (
     TrialPlan,
     check_placeable,
@@ -53,6 +45,7 @@ from raycity.tune.rundir import (
     create_run_dir,
 )
 from raycity.tune.searcher import SearchPlan, fan_out
+from raycity.tune.tables import load_epochs, load_status, write_tables
 from raycity.tune.trainable import STATE_DIR, train_fold
 
 __all__ = ["Variant", "run_experiment"]

@@ -15,24 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from ray import tune
 
-from raycity.data.layout import first_label_size
-from raycity.errors import brief, short_error
+from raycity.errors import short_error
 from raycity.results import (
     EPOCH_COLUMNS,
-    atomic_write_parquet,
     atomic_write_text,
     epochs_frame,
-    summarize,
-    table1_markdown,
 )
-from raycity.snapshots import FoldCheckpoints
 from raycity.training import REPLAYED
 from raycity.tune.driver import StopSignals
 from raycity.tune.rundir import RunState
-from raycity.tune.trainable import STATE_DIR, USER_ERROR
+from raycity.tune.tables import load_epochs, load_status, tuned, write_tables
+from raycity.tune.trainable import USER_ERROR
 
 
 @dataclass
@@ -60,17 +55,6 @@ def recording(run_dir: Path, state: RunState, echo: Callable[[str], None],
 
 def trial_key(trial: Any) -> tuple[str, int]:
     return trial.config["variant"]["config_id"], int(trial.config["fold"])
-
-
-def hp_column(name: str) -> str:
-    """The column of a tuned value: `lr` is the rate in effect at that epoch, `hp_lr` the one a
-    configuration started with."""
-    return f"hp_{name}"
-
-
-def tuned(state: RunState, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The `hp_*` columns of a row: the configuration's values, the run's for the rest."""
-    return {hp_column(h): overrides.get(h, getattr(state.config, h)) for h in state.hparams}
 
 
 def write_told(told: list[dict]) -> None:
@@ -131,12 +115,20 @@ class RunRecorder(tune.Callback):
             self.retries[trial.trial_id] = trial.max_failures
             trial.max_failures = 0  # the error it raises next is final: a retry repeats it
             return
-        if result.get(REPLAYED):  # said again for the scheduler and searcher; its row is here
-            return
         state = self.run.state
         overrides = trial.config["variant"]["overrides"]
         row = {k: result[k] for k in EPOCH_COLUMNS if k in result}
         row.update({"config_id": key[0], "fold": key[1], **tuned(state, overrides)})
+        if result.get(REPLAYED):
+            # said again for the scheduler and searcher: usually its row is here already; if
+            # this driver never heard it (a crash between the fold's record and its report),
+            # the row is added, without a second progress line
+            epoch = int(row["epoch"])
+            if not any((r["config_id"], int(r["fold"]), int(r["epoch"])) == (*key, epoch)
+                       for r in self.rows):
+                self.rows.append(row)
+                self.flush()
+            return
         self.rows.append(row)
         self.status.pop(key, None)
         self.flush(key[1])
@@ -205,61 +197,6 @@ class SchedulerState(tune.Callback):
         self.scheduler.set_state(state["scheduler"])
 
 
-def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None], *,
-                complete: bool = False) -> pd.DataFrame:
-    """epochs.parquet, or — if it is missing or damaged — the same rows rebuilt from the record
-    every fold keeps of its epochs in its trial directory, so that a resume never summarises
-    fewer epochs than were trained. (Tune's own result.json starts over in each session.)
-    `complete` (on --resume) also adds the epochs the folds recorded and the table lacks: a
-    driver killed between a fold's record and its table write, or an older copy of the table."""
-    path = run_dir / "epochs.parquet"
-    try:
-        table = pd.read_parquet(path)
-        if not complete:
-            return table
-        reason = None
-    except FileNotFoundError:
-        table, reason = None, "missing"
-    except (OSError, ValueError) as err:
-        table, reason = None, f"unreadable ({brief(err)})"
-    rows = trial_records(state.experiment_path(run_dir), state)
-    if table is not None:
-        known = set(zip(table["config_id"], table["fold"].astype(int), table["epoch"].astype(int)))
-        extra = [r for r in rows if (r["config_id"], int(r["fold"]), int(r["epoch"])) not in known]
-        if not extra:
-            return table
-        echo(f"{path}: added {len(extra)} epoch row(s) the trials recorded and it lacked")
-        return epochs_frame(table.to_dict("records") + extra)
-    if rows or reason != "missing":
-        echo(f"{path}: {reason}; rebuilt {len(rows)} epoch row(s) from the trials' records")
-    return epochs_frame(rows)
-
-
-def load_status(run_dir: Path) -> dict[tuple[str, int], str]:
-    """status.json: the folds that failed, as the last driver left them."""
-    path = run_dir / "status.json"
-    if not path.is_file():
-        return {}
-    return {(c, int(f)): s for c, f, s in json.loads(path.read_text())}
-
-
-def trial_records(experiment_path: str, state: RunState) -> list[dict]:
-    """Every epoch each trial recorded (raycity/epoch-*.json in its trial directory)."""
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path \
-        else (pyarrow.fs.LocalFileSystem(), experiment_path)
-    rows = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
-        if info.type != pyarrow.fs.FileType.Directory:
-            continue
-        for record in FoldCheckpoints(f"{info.path}/{STATE_DIR}", fs).records():
-            overrides = record.get("overrides", {})
-            rows.append({**{k: record[k] for k in EPOCH_COLUMNS if k in record},
-                         "config_id": record["config_id"], **tuned(state, overrides)})
-    return rows
-
-
 def who(state: RunState, key: tuple[str, int]) -> str:
     return f"fold {key[1]}" if state.kind == "cv" else f"{key[0]} fold {key[1]}"
 
@@ -269,18 +206,3 @@ def progress_line(state: RunState, key: tuple[str, int], row: dict) -> str:
             f"loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
             f"mIoU low {row['miou_low']:.4f} full {row['miou_full']:.4f}  "
             f"lr {row['lr']:.2g}  {row['epoch_seconds']:.1f} s")
-
-
-def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
-                 status: dict[tuple[str, int], str]) -> pd.DataFrame | None:
-    atomic_write_parquet(epochs, run_dir / "epochs.parquet")
-    atomic_write_text(run_dir / "status.json", json.dumps([[c, f, s] for (c, f), s in status.items()]))
-    if epochs.empty and not status:
-        return None
-    summary = summarize(epochs, status, folds=state.config.folds,
-                        config_ids=[v.config_id for v in state.variants])
-    atomic_write_parquet(summary, run_dir / "summary.parquet")
-    if state.kind == "cv":
-        atomic_write_text(run_dir / "summary.md", table1_markdown(
-            summary, state.config.image_size, first_label_size(state.data_root)))
-    return summary

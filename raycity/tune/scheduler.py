@@ -81,12 +81,15 @@ class FoldMeanASHA(FIFOScheduler):
         config_id, fold = config_of(trial)
         if config_id in self.stopped:
             return TrialScheduler.STOP
-        if self.broken(config_id) or self._metric not in result or self.time_attr not in result:
+        if self._metric not in result or self.time_attr not in result:
             return TrialScheduler.CONTINUE
         rung = int(result[self.time_attr])
         if rung not in self.rungs or config_id in self.record[rung]:
             return TrialScheduler.CONTINUE  # e.g. a retried fold reporting a decided rung again
         self.pending[rung][config_id][fold] = float(result[self._metric])
+        if self.broken(config_id):
+            # it cannot complete the rung now; kept for a --resume that reruns the failed fold
+            return TrialScheduler.CONTINUE
         if len(self.pending[rung][config_id]) < self.folds:
             self.waiting[trial.trial_id] = (config_id, rung)
             return TrialScheduler.PAUSE  # wait for the siblings: never judged on fewer folds

@@ -14,7 +14,6 @@ resumed sweep neither loses, repeats nor re-proposes a configuration.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
+from raycity.errors import brief
 from raycity.results import BEST_BY
 from raycity.tune.recorder import write_told
 from raycity.tune.trainable import USER_ERROR
@@ -209,9 +209,14 @@ class FoldFanOut(Searcher):
             index = next(i for i, r in enumerate(self.told) if r["config_id"] == group["config_id"])
             if failed or not self.told[index]["error"]:
                 return
-            with contextlib.suppress(NotImplementedError):  # a fixed list learns nothing
+            try:
                 self.searcher.add_evaluated_point(group["values"], record["mean"])
-            self.told[index] = {**record, "retold": True}
+                retold: bool | str = True
+            except NotImplementedError:  # a fixed list learns nothing
+                retold = True
+            except Exception as err:  # best effort: the leaderboard has the mean either way
+                retold = f"not accepted by the searcher: {brief(err)}"
+            self.told[index] = {**record, "retold": retold}
         else:
             group["told"] = True
             if failed:

@@ -1,0 +1,126 @@
+"""Driver-side: the run's tables on disk — epochs.parquet, summary.parquet, Table 1, status.json —
+and the record each fold keeps of its epochs, from which a lost or short table is rebuilt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raycity.data.layout import first_label_size
+from raycity.errors import brief
+from raycity.results import (
+    EPOCH_COLUMNS,
+    atomic_write_parquet,
+    atomic_write_text,
+    epochs_frame,
+    summarize,
+    table1_markdown,
+)
+from raycity.snapshots import FoldCheckpoints
+from raycity.tune.rundir import RunState
+from raycity.tune.trainable import STATE_DIR
+
+
+def hp_column(name: str) -> str:
+    """The column of a tuned value: `lr` is the rate in effect at that epoch, `hp_lr` the one a
+    configuration started with."""
+    return f"hp_{name}"
+
+
+def tuned(state: RunState, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The `hp_*` columns of a row: the configuration's values, the run's for the rest."""
+    return {hp_column(h): overrides.get(h, getattr(state.config, h)) for h in state.hparams}
+
+
+def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None], *,
+                complete: bool = False) -> pd.DataFrame:
+    """epochs.parquet, or — if it is missing or damaged — the same rows rebuilt from the record
+    every fold keeps of its epochs in its trial directory, so that a resume never summarises
+    fewer epochs than were trained. (Tune's own result.json starts over in each session.)
+    `complete` (on --resume) also adds the epochs the folds recorded and the table lacks: a
+    driver killed between a fold's record and its table write, or an older copy of the table."""
+    path = run_dir / "epochs.parquet"
+    try:
+        table = pd.read_parquet(path)
+        if not complete:
+            return table
+        reason = None
+    except FileNotFoundError:
+        table, reason = None, "missing"
+    except (OSError, ValueError) as err:
+        table, reason = None, f"unreadable ({brief(err)})"
+    rows = trial_records(state.experiment_path(run_dir), state)
+    if table is not None:
+        known = set(zip(table["config_id"], table["fold"].astype(int), table["epoch"].astype(int)))
+        extra = [r for r in rows if (r["config_id"], int(r["fold"]), int(r["epoch"])) not in known]
+        if not extra:
+            return table
+        echo(f"{path}: added {len(extra)} epoch row(s) the trials recorded and it lacked")
+        return epochs_frame(table.to_dict("records") + extra)
+    if rows or reason != "missing":
+        echo(f"{path}: {reason}; rebuilt {len(rows)} epoch row(s) from the trials' records")
+    return epochs_frame(rows)
+
+
+def load_status(run_dir: Path) -> dict[tuple[str, int], str]:
+    """status.json: the folds that failed, as the last driver left them."""
+    path = run_dir / "status.json"
+    if not path.is_file():
+        return {}
+    return {(c, int(f)): s for c, f, s in json.loads(path.read_text())}
+
+
+def snapshot_trials(fs: Any, root: str) -> set[str] | None:
+    """The ids of the trials in Tune's newest experiment snapshot (None: it saved none yet).
+    A trial started after that snapshot is not restored — its configuration is proposed again,
+    possibly with other values — so its folder's records are not the run's."""
+    import pyarrow.fs
+
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    snapshots = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
+                       and i.base_name.endswith(".json"))
+    if not snapshots:
+        return None
+    with fs.open_input_stream(snapshots[-1]) as stream:
+        data = json.loads(stream.read())
+    return {json.loads(trial)["trial_id"] for trial, _ in data["trial_data"]}
+
+
+def trial_records(experiment_path: str, state: RunState) -> list[dict]:
+    """Every epoch each trial of the experiment recorded (raycity/epoch-*.json in its trial
+    directory, named `<config>_fold<k>_<trial id>`)."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path \
+        else (pyarrow.fs.LocalFileSystem(), experiment_path)
+    restored = snapshot_trials(fs, root)
+    rows = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+        if info.type != pyarrow.fs.FileType.Directory:
+            continue
+        if restored is not None and info.base_name.rsplit("_", 1)[-1] not in restored:
+            continue
+        for record in FoldCheckpoints(f"{info.path}/{STATE_DIR}", fs).records():
+            overrides = record.get("overrides", {})
+            rows.append({**{k: record[k] for k in EPOCH_COLUMNS if k in record},
+                         "config_id": record["config_id"], **tuned(state, overrides)})
+    return rows
+
+
+def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
+                 status: dict[tuple[str, int], str]) -> pd.DataFrame | None:
+    atomic_write_parquet(epochs, run_dir / "epochs.parquet")
+    atomic_write_text(run_dir / "status.json", json.dumps([[c, f, s] for (c, f), s in status.items()]))
+    if epochs.empty and not status:
+        return None
+    summary = summarize(epochs, status, folds=state.config.folds,
+                        config_ids=[v.config_id for v in state.variants])
+    atomic_write_parquet(summary, run_dir / "summary.parquet")
+    if state.kind == "cv":
+        atomic_write_text(run_dir / "summary.md", table1_markdown(
+            summary, state.config.image_size, first_label_size(state.data_root)))
+    return summary
