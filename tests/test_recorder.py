@@ -107,12 +107,12 @@ def test_a_trial_started_after_tunes_last_snapshot_is_not_the_runs(tmp_path):
 
     state = RunState("sweep", preset("smoke"), [], str(tmp_path), True, None, "tune", ["lr"])
     experiment = tmp_path / "tune"
-    for trial_id, lr in (("aaa", 1e-3), ("bbb", 5e-2)):
+    for trial_id, lr in (("a1b2c_00000", 1e-3), ("a1b2c_00001", 5e-2)):
         ck = FoldCheckpoints(str(experiment / f"c1_fold1_{trial_id}" / "raycity"),
                              labels={"config_id": "c1", "overrides": {"lr": lr}})
         ck.record({**result(1, lr), "fold": 1})
     rows = trial_records(str(experiment), state)
     assert sorted(r["hp_lr"] for r in rows) == [1e-3, 5e-2]  # no snapshot yet: every trial
-    snapshot = {"trial_data": [[json.dumps({"trial_id": "aaa"}), "{}"]]}
+    snapshot = {"trial_data": [[json.dumps({"trial_id": "a1b2c_00000"}), "{}"]]}
     (experiment / "experiment_state-2026-11-29_08-00-00.json").write_text(json.dumps(snapshot))
     assert [r["hp_lr"] for r in trial_records(str(experiment), state)] == [1e-3]

@@ -4,6 +4,7 @@ and the record each fold keeps of its epochs, from which a lost or short table i
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from raycity.results import (
 from raycity.snapshots import FoldCheckpoints
 from raycity.tune.rundir import RunState
 from raycity.tune.trainable import STATE_DIR
+
+# a trial's folder, `<config>_fold<k>_<trial id>` (a trial id may hold '_': `c05b1_00000`)
+TRIAL_DIR = re.compile(r"^.+?_fold\d+_(.+)$")
 
 
 def hp_column(name: str) -> str:
@@ -102,7 +106,8 @@ def trial_records(experiment_path: str, state: RunState) -> list[dict]:
     for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         if info.type != pyarrow.fs.FileType.Directory:
             continue
-        if restored is not None and info.base_name.rsplit("_", 1)[-1] not in restored:
+        named = TRIAL_DIR.match(info.base_name)
+        if restored is not None and (named is None or named[1] not in restored):
             continue
         for record in FoldCheckpoints(f"{info.path}/{STATE_DIR}", fs).records():
             overrides = record.get("overrides", {})
