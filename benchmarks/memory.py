@@ -21,8 +21,8 @@ from common import machine, table  # noqa: E402
 
 from raycity.cli import image_size  # noqa: E402
 from raycity.config import preset  # noqa: E402
-from raycity.engine import autocast, pick_device  # noqa: E402
-from raycity.training import build_model, build_optimizer  # noqa: E402
+from raycity.engine import pick_device  # noqa: E402
+from raycity.training import build_model, build_optimizer, fold_speed  # noqa: E402
 
 GIB = 2**30
 
@@ -34,13 +34,13 @@ def main() -> None:
     args = p.parse_args()
     device = pick_device()
     cfg = preset("smoke", image_size=args.image_size, batch_size=args.batch_size)
-    model = build_model(cfg, device)
+    speed = fold_speed(cfg, device)
+    model = build_model(cfg, speed)
     optimizer = build_optimizer(cfg, model)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     static = 4 * params  # weights, gradients, Adam's two moments
     x = torch.randn(args.batch_size, 3, *args.image_size, device=device)
     y = torch.randint(0, 19, (args.batch_size, *args.image_size), device=device)
-    amp = device.type == "cuda"
     saved = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -49,9 +49,9 @@ def main() -> None:
         return t
 
     rows = [["weights + gradients + Adam state", f"{static / GIB:.2f}"]]
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, amp):
-        loss = F.cross_entropy(model(x).float(), y, ignore_index=255)
-    rows.append([f"activations saved for backward ({'bf16 autocast' if amp else 'fp32'})",
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), speed.autocast():
+        loss = F.cross_entropy(model(speed.layout(x)).float(), y, ignore_index=255)
+    rows.append([f"activations saved for backward ({speed.precision})",
                  f"{saved / GIB:.2f}"])
     loss.backward()
     optimizer.step()

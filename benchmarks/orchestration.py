@@ -48,7 +48,7 @@ class StandIn:
         self.seconds = seconds
         self.epoch = 0
 
-    def train(self, model, loader, optimizer, device, **kwargs) -> TrainStats:
+    def train(self, model, loader, optimizer, speed, **kwargs) -> TrainStats:
         start = time.perf_counter()
         self.epoch += 1
         for p in model.parameters():
@@ -58,7 +58,7 @@ class StandIn:
         time.sleep(max(0.0, TRAIN_SHARE * self.seconds - (time.perf_counter() - start)))
         return TrainStats(1.0 / self.epoch, 1, time.perf_counter() - start, 0)
 
-    def evaluate(self, model, loader, device, **kwargs) -> EvalStats:
+    def validate(self, model, loader, speed, **kwargs) -> EvalStats:
         start = time.perf_counter()
         cm = torch.eye(NUM_CLASSES, dtype=torch.int64) * (100 * self.epoch)
         cm += 100  # a score that rises every epoch: every epoch is a new best
@@ -69,7 +69,7 @@ class StandIn:
 def stand_in_fold(cfg, split, root, report, *, seconds: float, **kwargs) -> None:
     """`run_fold` with the stand-in compute, for Ray Tune's trainable (same signature)."""
     standin = StandIn(seconds)
-    run_fold(cfg, split, root, report, steps=FoldSteps(standin.train, standin.evaluate), **kwargs)
+    run_fold(cfg, split, root, report, steps=FoldSteps(standin.train, standin.validate), **kwargs)
 
 
 def in_process(cfg, root: str, seconds: float) -> float:

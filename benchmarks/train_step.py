@@ -23,8 +23,9 @@ from common import machine, table  # noqa: E402
 
 from raycity.cli import image_size  # noqa: E402
 from raycity.config import preset  # noqa: E402
-from raycity.engine import autocast, pick_device, train_one_epoch  # noqa: E402
-from raycity.training import build_model, build_optimizer  # noqa: E402
+from raycity.engine import pick_device, train_one_epoch  # noqa: E402
+from raycity.speed import SWITCH, Speed  # noqa: E402
+from raycity.training import build_model, build_optimizer, fold_speed  # noqa: E402
 
 
 def batches(n: int, batch: int, size: tuple[int, int], device: torch.device) -> list[dict]:
@@ -37,23 +38,22 @@ def batches(n: int, batch: int, size: tuple[int, int], device: torch.device) -> 
     return out
 
 
-def plain_loop(model, optimizer, data, device, amp: bool) -> None:
+def plain_loop(model, optimizer, data, speed: Speed) -> None:
     model.train()
     for b in data:
-        x = b["image"]
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        x = speed.layout(b["image"])
+        with speed.autocast():
             loss = F.cross_entropy(model(x).float(), b["mask"], ignore_index=255)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss.item()  # the same one sync per step the engine makes for its running loss
+    loss.item()  # one sync at the end, as the engine reads its loss only every 50 steps
 
 
 def seed_flop_per_image(size: tuple[int, int] = (512, 1024)) -> float:
     """Forward + backward FLOPs of one image at the seed's size, counted without computing."""
-    model = build_model(preset("smoke"), torch.device("cpu")).to("meta")
+    model = build_model(preset("smoke"), fold_speed(preset("smoke"), torch.device("cpu")))
+    model = model.to("meta")
     x = torch.randn(1, 3, *size, device="meta")
     y = torch.randint(0, 19, (1, *size), device="meta")
     with FlopCounterMode(display=False) as counter:
@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--amp", choices=SWITCH, default="auto")
+    p.add_argument("--channels-last", choices=SWITCH, default="auto")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 peak (H100 SXM: 989)")
     args = p.parse_args()
@@ -82,11 +84,11 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = build_model(cfg, device)
+    speed = fold_speed(cfg.replace(amp=args.amp, channels_last=args.channels_last), device)
+    model = build_model(cfg, speed)
     optimizer = build_optimizer(cfg, model)
     data = batches(steps, args.batch_size, size, device)
-    amp = device.type == "cuda"
-    plain_loop(model, optimizer, data[:2], device, amp)  # warm-up (cuDNN autotuning, allocator)
+    plain_loop(model, optimizer, data[:2], speed)  # warm-up (cuDNN autotuning, allocator)
     sync(device)
     times = {"engine.train_one_epoch": [], "plain PyTorch loop": []}
     for _ in range(args.rounds):  # alternate, so drift hits both equally
@@ -94,20 +96,21 @@ def main() -> None:
             sync(device)
             start = time.perf_counter()
             if name == "plain PyTorch loop":
-                plain_loop(model, optimizer, data, device, amp)
+                plain_loop(model, optimizer, data, speed)
             else:
-                train_one_epoch(model, data, optimizer, device, amp=amp, channels_last=amp)
+                train_one_epoch(model, data, optimizer, speed)
             sync(device)
             times[name].append(time.perf_counter() - start)
     rate = {k: steps * args.batch_size / statistics.median(v) for k, v in times.items()}
     rows = [[k, f"{v:.2f}", f"{v / rate['plain PyTorch loop']:.3f}"] for k, v in rate.items()]
     print(f"## Train step ({size[0]}×{size[1]}, batch {args.batch_size}, {steps} steps × "
-          f"{args.rounds} rounds, {device.type}{', bf16' if amp else ', fp32'})\n")
+          f"{args.rounds} rounds, {device.type}, {speed.precision}, channels-last {speed.channels_last})\n")
     print(table(["loop", "images/s", "vs plain"], rows))
     with FlopCounterMode(display=False) as counter:
         x = data[0]["image"]
-        with autocast(device, amp):
-            loss = F.cross_entropy(model(x).float(), data[0]["mask"], ignore_index=255)
+        with speed.autocast():
+            loss = F.cross_entropy(model(speed.layout(x)).float(), data[0]["mask"],
+                                   ignore_index=255)
         loss.backward()
     flop_per_image = counter.get_total_flops() / args.batch_size
     achieved = flop_per_image * rate["engine.train_one_epoch"] / 1e12

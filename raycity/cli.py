@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from raycity.config import PRESETS, Config, ConfigError, RunOptions, preset
-from raycity.errors import UserError
+from raycity.errors import UserError, find_storage_error
+from raycity.speed import SWITCH
 from raycity.tune.driver import Interrupted
 
 
@@ -40,6 +41,8 @@ RECIPE_FLAGS: dict[str, tuple[str, Any, str]] = {
     "plateau_metric": ("--plateau-metric", str, "ReduceLROnPlateau watches val_loss or miou_low"),
     "num_workers": ("--num-workers", int, "DataLoader workers (default: from --cpus-per-trial)"),
     "synthetic_train": ("--synthetic-train", int, "synthetic train images (demo data only)"),
+    "max_pixels": ("--max-pixels", int, "refuse images or labels with more pixels than this, "
+                                        "from their PNG headers (default: 64000000)"),
 }
 
 
@@ -57,15 +60,22 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help="keep each city inside one fold")
     data.add_argument("--skip-bad-samples", action="store_const", const=True, default=None,
                       help="skip (and count) unreadable samples instead of failing the fold")
-    speed = parser.add_argument_group("speed (CUDA)")
-    speed.add_argument("--no-amp", dest="amp", action="store_const", const=False, default=None,
-                       help="train in fp32 instead of bf16 autocast")
+    speed = parser.add_argument_group(
+        "speed", "auto: on for CUDA, off on the CPU; on: on the CPU too (bf16 autocast and "
+                 "channels-last run there, faster on CPUs with AMX)")
+    speed.add_argument("--amp", choices=SWITCH, default=None,
+                       help="autocast: bf16, or fp16 with loss scaling on GPUs without native "
+                            "bf16 (default: auto)")
+    speed.add_argument("--no-amp", dest="amp", action="store_const", const="off",
+                       help="same as --amp off: train in fp32")
+    speed.add_argument("--channels-last", choices=SWITCH, default=None,
+                       help="NHWC layout of the model and its inputs (default: auto)")
     speed.add_argument("--no-channels-last", dest="channels_last", action="store_const",
-                       const=False, default=None)
+                       const="off", help="same as --channels-last off")
     speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_const",
                        const=False, default=None)
     speed.add_argument("--compile", action="store_const", const=True, default=None,
-                       help="torch.compile the model")
+                       help="torch.compile the model (inductor; on the CPU too)")
     run = parser.add_argument_group("run")
     run.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
     run.add_argument("--output", default="results", help="folder holding runs (default: results)")
@@ -178,6 +188,10 @@ def guarded(args: argparse.Namespace, command: str,
         return run(cfg, explicit, opts)
     except user_errors() as err:
         return fail(err)
+    except Exception as err:
+        if (full := find_storage_error(err)) is None:
+            raise
+        return fail(full)  # the disk filled under a table, a figure or Tune's own files
     except Interrupted as stopped:
         return interrupted(opts, stopped.signum, command)
     except KeyboardInterrupt:  # before the run's own signal handling was in place

@@ -11,10 +11,12 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from raycity.errors import UserError
+from raycity.speed import SWITCH, switch_value
 
 
 class ConfigError(UserError, ValueError):
@@ -30,6 +32,7 @@ class Config:
     synthetic_val: int = 6  # synthetic images in the official-val split
     synthetic_size: tuple[int, int] = (256, 512)  # (height, width) of synthetic PNGs
     skip_bad_samples: bool = False  # skip and count unreadable samples instead of failing
+    max_pixels: int = 64_000_000  # images or labels above it are refused from their headers
     # Augmentation (the seed: ±20 % scale, pad, resize, flip, colour jitter).
     scale_jitter: float = 0.2
     color_jitter: float = 0.2
@@ -49,15 +52,17 @@ class Config:
     folds: int = 3
     seed: int = 0
     group_by: str | None = None  # None | "city": keep each city inside one fold
-    # Speed (CUDA only where noted; all harmless on CPU).
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # CUDA
+    # Speed: auto = on for CUDA, off on the CPU; on = on the CPU too (see `raycity.speed`).
+    amp: str = "auto"  # autocast: bf16 (fp16 + loss scaling on GPUs without native bf16)
+    channels_last: str = "auto"  # NHWC layout of the model and its inputs
     cudnn_benchmark: bool = True  # CUDA
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (inductor, on the CPU too)
     num_workers: int | None = None  # DataLoader workers; None = from the trial's CPU request
     use_cache: bool = True  # read `raycity.data cache` arrays when present
 
     def __post_init__(self) -> None:
+        for key in ("amp", "channels_last"):  # true/false in configs written before `auto`
+            object.__setattr__(self, key, switch_value(getattr(self, key)))
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,7 +112,10 @@ def validate(cfg: Config) -> None:
              f"at least folds={cfg.folds} images")
     need(cfg.synthetic_val >= 1, "synthetic_val", "an integer ≥ 1")
     need(cfg.num_workers is None or cfg.num_workers >= 0, "num_workers", "an integer ≥ 0")
+    need(cfg.max_pixels >= 1024, "max_pixels", "an integer ≥ 1024 (pixels of one image)")
     need(bool(cfg.pretrained), "pretrained", "'imagenet', 'none' or a path")
+    need(cfg.amp in SWITCH, "amp", "auto, on or off")
+    need(cfg.channels_last in SWITCH, "channels_last", "auto, on or off")
 
 
 # The seed study exactly; `demo` and `smoke` shrink sizes so a CPU finishes, not the recipe.
@@ -128,6 +136,18 @@ def preset(name: str, **overrides: Any) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"--preset {name!r}: unknown; choose one of {sorted(PRESETS)}")
     return Config(**{**PRESETS[name], **overrides})
+
+
+def heaviest(cfg: Config, overrides: Iterable[dict[str, Any]]) -> Config:
+    """The base recipe with the most epochs and the largest batch any configuration of a sweep
+    trains with: what ASHA's last rung and the host-memory request must allow for."""
+    overrides = list(overrides)
+    changes = {}
+    for key in ("epochs", "batch_size"):
+        values = [int(o[key]) for o in overrides if key in o]
+        if values:
+            changes[key] = max([getattr(cfg, key), *values])
+    return cfg.replace(**changes)
 
 
 @dataclass(frozen=True)

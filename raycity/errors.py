@@ -7,6 +7,10 @@ cannot fix it (the same input fails the same way), so it is never retried.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+
 
 class UserError(Exception):
     """A mistake in what the user gave us; the message names the flag or file and what was
@@ -34,3 +38,46 @@ def short_error(text: object) -> str:
         if "Error" in head or "Exception" in head:
             return line[len(head) - len(head.rsplit(".", 1)[-1]):] if " " not in head else line
     return lines[-1] if lines else "unknown error"
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+class StorageError(UserError, OSError):
+    """A disk that is full (or read-only) under a file being written: retrying cannot help
+    until the user frees space, and `--resume` continues once they have."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def storage_error(err: OSError, path: str | os.PathLike | None = None) -> StorageError | None:
+    """One line naming the file, the disk's free space and what to do, for an `OSError` that
+    says the disk is full or read-only; None for any other."""
+    if getattr(err, "errno", None) not in FULL:
+        return None
+    path = str(path or err.filename or "?")
+    where, free = os.path.dirname(path) or ".", ""
+    while where and not os.path.isdir(where):
+        where = os.path.dirname(where)
+    try:
+        usage = shutil.disk_usage(where or ".")
+        free = f"; {usage.free / 2**30:.2f} GiB free of {usage.total / 2**30:.1f} GiB there"
+    except OSError:
+        pass
+    what = "read-only filesystem" if err.errno == errno.EROFS else "no space left on device"
+    return StorageError(err.errno, f"writing {path}: {what}{free}; free some space (or move "
+                                   f"--output / --storage-path), then --resume the run")
+
+
+def find_storage_error(err: BaseException) -> StorageError | None:
+    """The disk-full error behind `err`, however a library wrapped it."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, StorageError):
+            return err
+        if isinstance(err, OSError) and (found := storage_error(err)) is not None:
+            return found
+        err = err.__cause__ or err.__context__
+    return None

@@ -19,14 +19,16 @@ class HostBuffers:
 
     def __init__(self) -> None:
         self.tensors: dict[tuple, torch.Tensor] = {}
+        self._made_for: dict[tuple, tuple] = {}  # path → (shape, dtype, strides) of the source
 
     def copy(self, obj: Any, path: tuple = ()) -> Any:
+        """A host copy with each tensor's strides: a channels-last weight's Adam moments must
+        come back channels-last, or CUDA's fused Adam refuses the resumed fold's first step."""
         if isinstance(obj, torch.Tensor):
-            buf = self.tensors.get(path)
-            if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
-                buf = torch.empty(obj.shape, dtype=obj.dtype, device="cpu",
-                                  pin_memory=obj.is_cuda)
-                self.tensors[path] = buf
+            buf, source = self.tensors.get(path), (obj.shape, obj.dtype, obj.stride())
+            if buf is None or self._made_for[path] != source:
+                buf = torch.empty_like(obj, device="cpu", pin_memory=obj.is_cuda)
+                self.tensors[path], self._made_for[path] = buf, source
             buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
             return buf
         if isinstance(obj, dict):

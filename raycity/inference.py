@@ -21,6 +21,7 @@ from raycity.data.layout import DataError, Sample, read_sample
 from raycity.data.transforms import preprocess
 from raycity.engine import forward_logits, to_device, upsample
 from raycity.model import empty_model
+from raycity.speed import Speed, resolve_speed
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -92,7 +93,7 @@ def threads_like_training(meta: dict, device: torch.device) -> Iterator[None]:
 def model_from_state(state: dict, path: str | Path,
                      device: torch.device) -> tuple[torch.nn.Module, Config]:
     """The model of an already loaded checkpoint (whose metadata the caller may also need),
-    laid out on `device` as training laid it out (channels-last on CUDA)."""
+    laid out on `device` as training laid it out."""
     cfg = Config.from_dict(state["meta"]["config"])
     model = empty_model(NUM_CLASSES, dropout=cfg.dropout)
     try:
@@ -100,10 +101,12 @@ def model_from_state(state: dict, path: str | Path,
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit UNetResNet50 "
                               f"({str(err).splitlines()[0]})") from err
-    model = model.to(device).eval()
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model, cfg
+    return scoring_speed(cfg, device).layout(model.to(device).eval()), cfg
+
+
+def scoring_speed(cfg: Config, device: torch.device) -> Speed:
+    """Scored as validated: the training's autocast precision and layout on this device."""
+    return resolve_speed(cfg.amp, cfg.channels_last, False, device)
 
 
 @dataclass
@@ -126,17 +129,17 @@ def predict_batch(models: Sequence[Model], images: Sequence[torch.Tensor], cfg: 
     same here as in its epoch-end validation.
     """
     device = device or torch.device("cpu")
+    speed = scoring_speed(cfg, device)
     full = [torch.zeros(NUM_CLASSES, *image.shape[-2:], device=device) for image in images]
     low = [torch.zeros(NUM_CLASSES, *cfg.image_size, device=device) for _ in images] \
         if low_res else None
     for scale in tta.scales:
         size = [max(32, round(cfg.image_size[0] * scale)), max(32, round(cfg.image_size[1] * scale))]
-        x = to_device(torch.stack([preprocess(image, size) for image in images]), device,
-                      cfg.channels_last)
+        x = to_device(torch.stack([preprocess(image, size) for image in images]), speed)
         views = [(x, False)] + ([(x.flip(-1), True)] if tta.flip else [])
         for model in models:
             for view, flipped in views:
-                logits = forward_logits(model, view, device, amp=cfg.amp)
+                logits = forward_logits(model, view, speed)
                 if flipped:
                     logits = logits.flip(-1)
                 for i, logit in enumerate(logits):

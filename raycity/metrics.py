@@ -14,12 +14,18 @@ from raycity.constants import IGNORE_INDEX, NUM_CLASSES
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = NUM_CLASSES,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """num_classes² int64 matrix, rows = truth, columns = prediction; one bincount."""
+    """num_classes² int64 matrix, rows = truth, columns = prediction.
+
+    Ignored pixels are counted into one spare bin and dropped, instead of being masked out:
+    a boolean mask has a data-dependent size, which makes a GPU wait for the count, and this is
+    called once per validation image."""
     target = target.reshape(-1).long()
     pred = pred.reshape(-1).long()
     keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
-    index = num_classes * target[keep] + pred[keep]
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+    index = torch.where(keep, num_classes * target + pred, num_classes**2)
+    counts = torch.zeros(num_classes**2 + 1, dtype=torch.int64, device=index.device)
+    counts.index_add_(0, index, torch.ones_like(index))
+    return counts[:-1].reshape(num_classes, num_classes)
 
 
 def iou_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -211,3 +211,13 @@ def seed_parameter_count() -> int:
     """Parameters of the seed architecture, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
         return count_parameters(UNetResNet50(NUM_CLASSES))
+
+
+def seed_tensor_bytes() -> tuple[list[int], list[int]]:
+    """Bytes of each tensor of the seed architecture's state dict, and of each parameter, on
+    the meta device: what host copies of its weights and optimizer state allocate, block by
+    block."""
+    with torch.device("meta"):
+        model = UNetResNet50(NUM_CLASSES)
+    return ([t.numel() * t.element_size() for t in model.state_dict().values()],
+            [p.numel() * p.element_size() for p in model.parameters()])

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from raycity.constants import CLASS_KEYS
+from raycity.errors import storage_error
 
 KEY_COLUMNS = ["config_id", "fold", "epoch"]
 METRIC_COLUMNS = ["lr", "train_loss", "val_loss", "miou_low", "miou_full"]
@@ -24,8 +25,10 @@ IOU_FULL = [f"iou_full_{k}" for k in CLASS_KEYS]
 TIME_COLUMNS = ["epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_s",
                 "skipped_samples", "checkpoint_seconds", "checkpoint_bytes"]
 # Where the epoch ran: the Ray node, the GPUs Ray granted, the torch device used, and how its
-# CPUs were split (torch threads, DataLoader workers).
-RUN_COLUMNS = ["node_id", "gpu_ids", "device", "torch_threads", "loader_workers"]
+# CPUs were split (torch threads, DataLoader workers), and how it computed (autocast precision
+# bf16/fp16/fp32, channels-last layout, torch.compile).
+RUN_COLUMNS = ["node_id", "gpu_ids", "device", "torch_threads", "loader_workers", "precision",
+               "channels_last", "compiled"]
 PENDING = "pending (no epoch recorded)"
 EPOCH_COLUMNS = KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
 BEST_BY = "miou_low"  # the seed picks each fold's best epoch by its low-res val mIoU
@@ -44,8 +47,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and (full := storage_error(err, path)) is not None:
+            raise full from err
         raise
 
 
@@ -151,17 +156,19 @@ def _fmt(value: float) -> str:
 
 
 def leaderboard(summary: pd.DataFrame, hparams: list[str], values: pd.DataFrame,
-                epochs: int, metric: str = "miou_full") -> pd.DataFrame:
+                epochs: int | Mapping[str, int], metric: str = "miou_full") -> pd.DataFrame:
     """One row per configuration: its hyperparameters and fold mean ± std (ddof=0) at each fold's
-    best epoch, over the folds that did not fail; best first by the mean of `metric`."""
+    best epoch, over the folds that did not fail; best first by the mean of `metric`. `epochs`
+    is each configuration's length (a mapping where the sweep tunes it)."""
     rows = []
     for config_id, group in summary.groupby("config_id", sort=True):
         ok = group[group["status"] == "ok"]
+        length = epochs[config_id] if isinstance(epochs, Mapping) else epochs
         row = {"config_id": config_id,
                **{h: values.loc[config_id, h] for h in hparams},
-               "folds": len(group), "folds_completed": int((ok["epochs_done"] >= epochs).sum()),
+               "folds": len(group), "folds_completed": int((ok["epochs_done"] >= length).sum()),
                "folds_failed": int((group["status"] != "ok").sum()),
-               "stopped_early": bool((ok["epochs_done"] < epochs).any())}
+               "stopped_early": bool((ok["epochs_done"] < length).any())}
         for m in ("miou_low", "miou_full"):
             row[f"{m}_mean"] = float(ok[m].mean()) if len(ok) else np.nan
             row[f"{m}_std"] = float(ok[m].std(ddof=0)) if len(ok) else np.nan

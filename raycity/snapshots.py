@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import threading
 import time
@@ -39,12 +40,23 @@ import pyarrow.fs as pafs
 import torch
 
 from raycity.checkpoint import CheckpointError, load_checkpoint
+from raycity.errors import brief, storage_error
 from raycity.hostcopy import HostBuffers, tensor_bytes
 
 STATE = re.compile(r"^state-(\d+)\.pt$")
 BEST = re.compile(r"^best-(\d+)\.pt$")
 RECORD = re.compile(r"^epoch-(\d+)\.json$")
 DONE = "done.json"
+
+
+def fsync_dir(path: str) -> None:
+    """A rename is durable once its folder is synced (POSIX; not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @dataclass
@@ -69,7 +81,6 @@ class FoldCheckpoints:
         self.labels = labels or {}  # written into every record (e.g. which configuration)
         self.best_epoch, self.best_score = 0, float("-inf")
         self._best_on_disk = 0  # epoch of the newest best-*.pt written
-        self._state_best = 0  # the best epoch that the newest complete state refers to
         self._best: dict | None = None  # host copy of the best weights + metadata
         self._best_buffers, self._state_buffers = HostBuffers(), HostBuffers()
         self._thread: threading.Thread | None = None
@@ -77,6 +88,10 @@ class FoldCheckpoints:
         self._done: list[tuple[str, int]] = []  # (state file or "", bytes) finished by the thread
         self._last_start = float("-inf")
         self._last_write_s: float | None = None
+        # (epoch, best epoch it refers to) of the complete states on disk, oldest first: the
+        # newest two are kept, so that a newest one damaged after all still has a predecessor
+        self._complete: list[tuple[int, int]] = []
+        self.notice: str | None = None  # one line for the user from `resume` (a damaged state)
 
     # -- files ------------------------------------------------------------------------------------
     def _path(self, name: str) -> str:
@@ -88,13 +103,31 @@ class FoldCheckpoints:
                 if i.type == pafs.FileType.File and (m := pattern.match(i.base_name))}
 
     def _put(self, name: str, write: Callable[[Any], Any]) -> None:
-        """Written under a temporary name, then renamed: a reader never sees half a file. (The
+        """Written under a temporary name, made durable, then renamed: a reader never sees half
+        a file, and after a power loss the new name holds the whole file or is absent. (The
         directory is made here, not on construction: reading a fold's files creates nothing.)"""
+        try:
+            self._put_durably(name, write)
+        except OSError as err:
+            self._delete(f".{name}.tmp")
+            if (full := storage_error(err, self._path(name))) is not None:
+                raise full from err
+            raise
+
+    def _put_durably(self, name: str, write: Callable[[Any], Any]) -> None:
         self.fs.create_dir(self.directory, recursive=True)
-        tmp = self._path(f".{name}.tmp")
-        with self.fs.open_output_stream(tmp) as stream:
+        tmp, final = self._path(f".{name}.tmp"), self._path(name)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            with open(tmp, "wb") as stream:
+                write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(tmp, final)
+            fsync_dir(self.directory)  # the rename itself
+            return
+        with self.fs.open_output_stream(tmp) as stream:  # object stores: a put is atomic
             write(stream)
-        self.fs.move(tmp, self._path(name))  # atomic on a local or POSIX shared filesystem
+        self.fs.move(tmp, final)
 
     def _write(self, name: str, obj: Any) -> int:
         self._put(name, lambda stream: torch.save(obj, stream))
@@ -148,21 +181,27 @@ class FoldCheckpoints:
 
     # -- resume -----------------------------------------------------------------------------------
     def resume(self, map_location: str | torch.device = "cpu") -> dict | None:
-        """The newest complete state (None: start from scratch), after removing what a crash
-        left behind; the best-so-far bookkeeping continues from it."""
+        """The newest state that loads (None: start from scratch), after removing what a crash
+        left behind; the best-so-far bookkeeping continues from it. A state that fails to load
+        (cut short, overwritten) is deleted and the previous one tried; `notice` says so."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.directory, allow_not_found=True))
         for info in infos:
             if info.base_name.endswith(".tmp"):
                 self._delete(info.base_name)
-        states = self._files(STATE)
-        state = None
-        if states:
+        state, damaged = None, []
+        for _, name in sorted(self._files(STATE).items(), reverse=True):
             try:
-                with self.fs.open_input_file(self._path(states[max(states)])) as stream:
+                with self.fs.open_input_file(self._path(name)) as stream:
                     state = load_checkpoint(stream, map_location=map_location)
-            except (CheckpointError, OSError):  # e.g. cut short by a power loss: start over
-                self._delete(states[max(states)])
+                break
+            except (CheckpointError, OSError) as err:
+                damaged.append(f"{self._path(name)} ({brief(err, 80)})")
+                self._delete(name)
         epoch = state["epoch"] if state else 0
+        if damaged:
+            self.notice = (f"damaged state {'; '.join(damaged)} deleted; "
+                           + (f"resumed from epoch {epoch}" if state else
+                              "no complete state left: the fold restarts from epoch 1"))
         for pattern in (BEST, RECORD):  # written after the state we resume from: recomputed
             for later, name in self._files(pattern).items():
                 if later > epoch:
@@ -170,7 +209,10 @@ class FoldCheckpoints:
         if state is not None:
             self.best_epoch = state["best"]["epoch"]
             self.best_score = state["best"]["score"]
-            self._state_best = self._best_on_disk = self.best_epoch
+            self._best_on_disk = self.best_epoch
+            # an older state kept beside it refers to a best epoch no later than its own
+            self._complete = [(e, self.best_epoch if e == epoch else -e)
+                              for e in sorted(self._files(STATE))][-2:]
         return state
 
     # -- every epoch ------------------------------------------------------------------------------
@@ -211,7 +253,7 @@ class FoldCheckpoints:
         if self._best is not None and self._best_on_disk != self.best_epoch:
             result.bytes += self._write_best()
             # the state a resume would start from still needs the best weights it refers to
-            self._prune(BEST, keep={self.best_epoch, self._state_best})
+            self._prune(BEST, keep=self._bests_needed())
         result.seconds = time.perf_counter() - start
         return result
 
@@ -228,6 +270,14 @@ class FoldCheckpoints:
         self._best_on_disk = self.best_epoch
         return nbytes
 
+    def _bests_needed(self, best_epoch: int | None = None) -> set[int]:
+        """The best weights the complete states refer to (a negative entry: some epoch up to
+        that state's, not known without loading it), and the current best."""
+        keep = {self.best_epoch if best_epoch is None else best_epoch}
+        for _, best in self._complete:
+            keep |= {best} if best >= 0 else {e for e in self._files(BEST) if e <= -best}
+        return keep
+
     def _prune(self, pattern: re.Pattern, keep: set[int]) -> None:
         for epoch, name in self._files(pattern).items():
             if epoch not in keep:
@@ -242,11 +292,12 @@ class FoldCheckpoints:
             nbytes = self._write_best() if write_best else 0
             name = f"state-{epoch:06d}.pt"
             nbytes += self._write(name, snapshot)
-            # Only now that the state referring to them is complete may older files go: at most
-            # two full states exist at any moment (the newest complete one and one in flight).
-            self._state_best = best_epoch
-            self._prune(STATE, keep={epoch})
-            self._prune(BEST, keep={best_epoch})
+            # Only now that the new state is durable may older files go. The previous complete
+            # state stays (with the best weights it refers to) until the next one is: at most
+            # three full states exist at any moment, two complete and one being written.
+            self._complete = [*self._complete[-1:], (epoch, best_epoch)]
+            self._prune(STATE, keep={e for e, _ in self._complete})
+            self._prune(BEST, keep=self._bests_needed(best_epoch))
             self._last_write_s = time.perf_counter() - began
             self._done.append((name, nbytes))
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly
-from raycity.config import Config, RunOptions
+from raycity.config import Config, RunOptions, heaviest
 
 if TYPE_CHECKING:
     from raycity.tune.rundir import RunState
@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="configurations in flight at once (default: enough to keep every trial "
                         "slot of the cluster busy); fewer lets a model-based search learn more")
+    p.add_argument("--max-configurations", type=int, default=None,
+                   help="refuse a plan of more configurations than this (default: 10000)")
     add_common_args(p)
     return p
 
@@ -59,7 +61,8 @@ def run_sweep(args: argparse.Namespace, cfg: Config, explicit: dict[str, Any],
     if args.resume:
         fixed = [flag for flag, value in (("--space", args.space), ("--search", args.search),
                                           ("--num-samples", args.num_samples),
-                                          ("--max-concurrent", args.max_concurrent))
+                                          ("--max-concurrent", args.max_concurrent),
+                                          ("--max-configurations", args.max_configurations))
                  if value is not None]
         if fixed:
             from raycity.tune.space import SpaceError
@@ -88,7 +91,13 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
     runs."""
     from raycity.tune.rundir import Variant
     from raycity.tune.searcher import config_name
-    from raycity.tune.space import SpaceError, check_against, load_space
+    from raycity.tune.space import (
+        MAX_CONFIGURATIONS,
+        SpaceError,
+        check_against,
+        check_plan_size,
+        load_space,
+    )
 
     if not args.space:
         raise SpaceError("--space is required (except with --resume)")
@@ -101,8 +110,16 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
                         ("--max-concurrent", args.max_concurrent)):
         if value is not None and value < 1:
             raise SpaceError(f"{flag} {value}: expected an integer ≥ 1")
+    check_plan_size(space, args.search or space.method, args.num_samples, cfg.folds,
+                    args.max_configurations or MAX_CONFIGURATIONS)
     search, drawn, scheduler = searching(space, args.search, args.num_samples,
                                          args.max_concurrent, cfg)
+    if scheduler is not None and not scheduler.rungs:
+        last = heaviest(cfg, drawn or space.extremes()).epochs
+        raise SpaceError(f"{space.path}: scheduler.asha.grace_period "
+                         f"{space.scheduler['grace_period']}: no early-stopping rung lies below "
+                         f"the last epoch ({last}); use a grace_period below the epochs, or "
+                         f"drop the scheduler")
     # every configuration (for optuna: every value at the limits of its domain) must make a
     # valid Config before anything launches
     check_against(cfg, drawn or space.extremes(), space.path)
@@ -122,7 +139,9 @@ def searching(space, method: str | None, num_samples: int | None, max_concurrent
     from raycity.tune.searcher import plan_search
 
     search, drawn = plan_search(space, method, num_samples, max_concurrent)
-    scheduler = FoldMeanASHA(space.metric, "max", folds=cfg.folds, max_t=cfg.epochs,
+    # a tuned `epochs`: the last rung lies below the longest configuration's end
+    max_t = heaviest(cfg, drawn or space.extremes()).epochs
+    scheduler = FoldMeanASHA(space.metric, "max", folds=cfg.folds, max_t=max_t,
                              **space.scheduler) if space.scheduler else None
     return search, drawn, scheduler
 
@@ -183,8 +202,11 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
     told_file = run_dir / "searcher.json"
     told = json.loads(told_file.read_text()) if told_file.is_file() else []
     columns = [hp_column(h) for h in state.hparams]
-    board = leaderboard(summary, columns, tuned_values(state, epochs, told),
-                        state.config.epochs, state.metric)
+    values = tuned_values(state, epochs, told)
+    # a tuned `epochs` decides when each configuration's folds are complete
+    lengths = values[hp_column("epochs")].astype(int).to_dict() if "epochs" in state.hparams \
+        else state.config.epochs
+    board = leaderboard(summary, columns, values, lengths, state.metric)
     atomic_write_parquet(board, run_dir / "leaderboard.parquet")
     atomic_write_text(run_dir / "leaderboard.md",
                       leaderboard_markdown(board, columns, state.metric))

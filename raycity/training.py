@@ -3,6 +3,7 @@ metrics and state go (Ray Tune in `trainable.py`, a plain loop in benchmarks and
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -20,27 +21,30 @@ from raycity.constants import CLASS_KEYS, NUM_CLASSES
 from raycity.data import SegmentationDataset, collate, find_samples, train_transform, val_transform
 from raycity.data.cache import cached_reader
 from raycity.data.dataset import SeededSampler, derive_seed
-from raycity.data.layout import DataError, Sample
+from raycity.data.layout import DataError, Sample, read_sample
 from raycity.engine import (
     EvalStats,
     LossFn,
     NonFiniteLossError,
     TrainStats,
     cross_entropy,
-    evaluate,
     pick_device,
     rng_state,
     set_rng_state,
     train_one_epoch,
+    validate,
 )
 from raycity.errors import UserError
 from raycity.folds import FoldSplit
 from raycity.metrics import iou_per_class, mean_iou
 from raycity.model import UNetResNet50, empty_model
 from raycity.snapshots import FoldCheckpoints
+from raycity.speed import Speed, resolve_speed
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 REPLAYED = "replayed"  # a result key: said before, said again after a resume (no new row)
+CUDA_PREFETCH = 4  # batches each loader worker keeps ready for a GPU
+NOTICE = "notice"  # a result key: one line for the user about this fold (e.g. a damaged state)
 
 
 class DeviceError(UserError, RuntimeError):
@@ -53,11 +57,11 @@ class FoldOutOfMemoryError(UserError, torch.OutOfMemoryError):
 
 @dataclass(frozen=True)
 class FoldSteps:
-    """What one epoch runs: the engine's training and evaluation passes. Benchmarks replace
+    """What one epoch runs: the engine's training and validation passes. Benchmarks replace
     them with stand-ins of a given length to measure everything around them for real."""
 
     train: Callable[..., TrainStats] = train_one_epoch
-    evaluate: Callable[..., EvalStats] = evaluate
+    validate: Callable[..., EvalStats] = validate
 
 
 def check_device(device: torch.device) -> None:
@@ -83,22 +87,44 @@ def cpu_split(cpus: float, device: torch.device, num_workers: int | None) -> tup
     return whole, 0
 
 
-def build_model(cfg: Config, device: torch.device, *, empty: bool = False) -> torch.nn.Module:
-    """The seed model on `device`; `empty` for one whose state is loaded next (no init)."""
+def fold_speed(cfg: Config, device: torch.device) -> Speed:
+    return resolve_speed(cfg.amp, cfg.channels_last, cfg.compile, device)
+
+
+def build_model(cfg: Config, speed: Speed, *, empty: bool = False) -> torch.nn.Module:
+    """The seed model on the device, in its layout; `empty` for one whose state is loaded next
+    (no init)."""
     if empty:
-        model = empty_model(NUM_CLASSES, dropout=cfg.dropout, device=device)
+        model = empty_model(NUM_CLASSES, dropout=cfg.dropout, device=speed.device)
     else:
         model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained=cfg.pretrained)
-        model = model.to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+        model = model.to(speed.device)
+    return speed.layout(model)
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     # fused Adam: one kernel over all 147 M parameters (on CPU ×14 faster than the for-loop)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=True)
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> int:
+    """Give each optimizer moment its parameter's memory layout; returns how many it changed.
+
+    CUDA's fused Adam refuses moments whose strides differ from their parameter's (and the CPU
+    kernel silently pairs the wrong elements), so a resumed optimizer must match the model's
+    layout whatever the saved state had: a state written before host copies kept strides, or
+    one trained with another --channels-last."""
+    changed = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                    changed += 1
+    return changed
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
@@ -129,18 +155,19 @@ def build_loaders(cfg: Config, root: str, split: FoldSplit, device: torch.device
             reader = cached_reader(root, cfg.image_size, cfg.scale_jitter, split=part)
             if reader is not None:
                 readers[part] = {"reader": reader}
+    png = functools.partial(read_sample, max_pixels=cfg.max_pixels)
     train_ds = SegmentationDataset(
         resolve_samples(root, "train", split.train),
         train_transform(cfg.image_size, cfg.scale_jitter, cfg.color_jitter, cfg.hflip),
-        skip_bad=cfg.skip_bad_samples, **readers["train"])
+        skip_bad=cfg.skip_bad_samples, **{"reader": png, **readers["train"]})
     val_ds = SegmentationDataset(resolve_samples(root, "train", split.val),
                                  val_transform(cfg.image_size), full_mask=True,
-                                 skip_bad=cfg.skip_bad_samples, **readers["val"])
+                                 skip_bad=cfg.skip_bad_samples, **{"reader": png, **readers["val"]})
     cuda = device.type == "cuda"
     common: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=cuda,
                                   persistent_workers=workers > 0, worker_init_fn=_worker_init)
     if workers > 0:
-        common["prefetch_factor"] = 4 if cuda else 2
+        common["prefetch_factor"] = CUDA_PREFETCH if cuda else 2
     sampler = SeededSampler(len(train_ds), derive_seed(cfg.seed, split.fold))
     # Each new loader iterator draws its workers' base seed from `generator` — without one, from
     # the global RNG, which dropout on the CPU also draws from: every epoch with 0 workers, only
@@ -220,18 +247,23 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     torch.manual_seed(cfg.seed * 1000 + split.fold)
     random.seed(cfg.seed * 1000 + split.fold)
+    speed = fold_speed(cfg, device)
     # on the CPU: RNG states must stay CPU tensors, and load_state_dict copies to the device
     resume = checkpoints.resume(map_location="cpu") if checkpoints is not None else None
-    model = build_model(cfg, device, empty=resume is not None)
+    model = build_model(cfg, speed, empty=resume is not None)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
+    scaler = speed.grad_scaler()
     first_epoch, best = 1, {"best_epoch": 0, "best_miou_low": float("-inf"),
                             "best_miou_full": float("nan")}
     replay: list[dict[str, Any]] = []
     if resume is not None:
         model.load_state_dict(resume["model"], strict=True)
         optimizer.load_state_dict(resume["optimizer"])
+        match_layouts(optimizer)
         scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resume["scaler"])
         set_rng_state(resume["rng"], device)
         first_epoch = resume["epoch"] + 1
         best = resume.get("best_metrics", best)
@@ -239,16 +271,16 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         del resume
     for metrics in replay:
         report(metrics, None)
+    notice = checkpoints.notice if checkpoints is not None else None
     forward = torch.compile(model) if cfg.compile else model
     train_loader, val_loader = build_loaders(cfg, root, split, device, workers)
     for epoch in range(first_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         train_loader.sampler.set_epoch(epoch)
         try:
-            train = steps.train(forward, train_loader, optimizer, device, amp=cfg.amp,
-                                channels_last=cfg.channels_last, loss_fn=loss_fn)
-            val = steps.evaluate(forward, val_loader, device, amp=cfg.amp,
-                                 channels_last=cfg.channels_last, loss_fn=loss_fn)
+            train = steps.train(forward, train_loader, optimizer, speed, scaler=scaler,
+                                loss_fn=loss_fn)
+            val = steps.validate(forward, val_loader, speed, loss_fn=loss_fn)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"fold {split.fold}, epoch {epoch}, lr {lr:.3g}: {err}; "
                                      f"lower --lr") from err
@@ -256,15 +288,17 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
             raise FoldOutOfMemoryError(
                 f"fold {split.fold}, epoch {epoch}: out of GPU memory at "
                 f"batch_size={cfg.batch_size}, image_size={cfg.image_size}; lower --batch-size "
-                f"or --image-size, keep bf16 on (drop --no-amp), or give each trial a whole GPU "
-                f"(--gpus-per-trial 1)") from err
+                f"or --image-size, keep autocast on (drop --amp off), or give each trial a "
+                f"whole GPU (--gpus-per-trial 1)") from err
         metrics = fold_metrics(split.fold, epoch, lr, train, val)
         if metrics["miou_low"] > best["best_miou_low"]:  # the seed's choice of best epoch
             best = {"best_epoch": epoch, "best_miou_low": metrics["miou_low"],
                     "best_miou_full": metrics["miou_full"]}
         # the fold's best so far travels with every result: whoever missed an epoch (a
         # searcher restored after a crash) still hears the fold's best
-        metrics.update(best, device=str(device), torch_threads=threads, loader_workers=workers)
+        metrics.update(best, device=str(device), torch_threads=threads, loader_workers=workers,
+                       precision=speed.precision, channels_last=speed.channels_last,
+                       compiled=speed.compiled)
         scheduler.step(metrics[cfg.plateau_metric])
         saved = None
         if checkpoints is not None:
@@ -277,7 +311,8 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
                 epoch, metrics["miou_low"], model.state_dict,
                 lambda epoch=epoch, meta=meta, best=best: {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "epoch": epoch,
                     "rng": rng_state(device), "meta": meta, "best_metrics": best},
                 meta, last=epoch == cfg.epochs, sync=epoch in sync_epochs)
             if epoch == cfg.epochs:
@@ -289,4 +324,8 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
             checkpoints.record(metrics)
             if epoch == cfg.epochs:
                 checkpoints.mark_done(metrics)
-        report(metrics, saved)
+        if notice is not None:  # said once, with the first epoch trained after the resume
+            report({**metrics, NOTICE: notice}, saved)
+            notice = None
+        else:
+            report(metrics, saved)

@@ -15,7 +15,7 @@ from raycity.data.__main__ import main as data_main
 from raycity.data.cache import CachedReader, build_cache, cache_size, cached_reader
 from raycity.engine import train_one_epoch
 from raycity.folds import make_folds
-from raycity.training import build_loaders, build_model, build_optimizer
+from raycity.training import build_loaders, build_model, build_optimizer, fold_speed
 
 
 def test_cache_matches_the_pngs(tree):
@@ -49,9 +49,9 @@ def test_training_uses_the_cache_automatically(tree):
     train, val = build_loaders(cfg, str(tree), split, torch.device("cpu"))
     assert isinstance(train.dataset.reader, CachedReader)
     assert isinstance(val.dataset.reader, CachedReader)
-    model = build_model(cfg, torch.device("cpu"))
-    stats = train_one_epoch(model, train, build_optimizer(cfg, model), torch.device("cpu"),
-                            amp=True, channels_last=True)  # CUDA-only flags are harmless here
+    speed = fold_speed(cfg.replace(amp="on", channels_last="on"), torch.device("cpu"))
+    model = build_model(cfg, speed)
+    stats = train_one_epoch(model, train, build_optimizer(cfg, model), speed)
     assert stats.images == len(split.train) // 2 * 2 and np.isfinite(stats.loss)
 
 

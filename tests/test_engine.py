@@ -7,10 +7,11 @@ import torch
 
 from raycity.config import preset
 from raycity.constants import IGNORE_INDEX, NUM_CLASSES
-from raycity.engine import NonFiniteLossError, evaluate, train_one_epoch
+from raycity.engine import NonFiniteLossError, train_one_epoch, validate
+from raycity.speed import Speed
 from raycity.training import build_model, build_optimizer
 
-CPU = torch.device("cpu")
+CPU = Speed(torch.device("cpu"))
 
 
 class Constant(torch.nn.Module):
@@ -35,9 +36,9 @@ def batch(full_size=(16, 32), low_size=(8, 16)):
             "skipped": 1}
 
 
-def test_evaluate_scores_both_resolutions_in_one_pass():
+def test_validation_scores_both_resolutions_in_one_pass():
     b = batch()
-    stats = evaluate(Constant(3), [b], CPU)
+    stats = validate(Constant(3), [b], CPU)
     assert stats.cm_low[:, 3].sum() == (b["mask"] != IGNORE_INDEX).sum()
     assert stats.cm_full[:, 3].sum() == (b["full_mask"] != IGNORE_INDEX).sum()  # label's own size
     assert stats.cm_full.sum() == stats.cm_full[:, 3].sum()
@@ -46,7 +47,7 @@ def test_evaluate_scores_both_resolutions_in_one_pass():
 
 def test_non_finite_loss_is_caught():
     model = build_model(preset("smoke"), CPU)
-    with pytest.raises(NonFiniteLossError, match="nan at batch 1"):
+    with pytest.raises(NonFiniteLossError, match="nan in batch 1"):
         train_one_epoch(model, [batch()], build_optimizer(preset("smoke"), model), CPU,
                         loss_fn=lambda logits, y: logits.sum() * float("nan"))
 
@@ -93,11 +94,11 @@ def test_full_resolution_is_scored_where_the_labels_are():
     low = bands(8, 16, (2, 10, 16))
     image = torch.nn.functional.one_hot(low, 3).permute(2, 0, 1).float()[None] * 5
     full = bands(16, 32, (4, 20, 32))
-    stats = evaluate(ChannelIsClass(), [{"image": image, "mask": low[None], "full_mask": full[None],
+    stats = validate(ChannelIsClass(), [{"image": image, "mask": low[None], "full_mask": full[None],
                                          "skipped": 0}], CPU)
     assert stats.cm_full.sum() == 16 * 32 and stats.cm_full.trace() == 16 * 32
     assert stats.cm_low.trace() == 8 * 16
-    flipped = evaluate(ChannelIsClass(), [{"image": image.flip(-1), "mask": low[None],
+    flipped = validate(ChannelIsClass(), [{"image": image.flip(-1), "mask": low[None],
                                            "full_mask": full[None], "skipped": 0}], CPU)
     assert flipped.cm_full.trace() < 0.5 * 16 * 32  # misaligned: most pixels wrong
 
@@ -113,6 +114,63 @@ def test_full_resolution_logits_are_upsampled_bilinearly_before_the_argmax():
                                            align_corners=False).argmax(1)
     nearest = torch.nn.functional.interpolate(smooth, size=size, mode="nearest").argmax(1)
     assert (nearest != full).sum() > 10  # the case tells the two apart
-    stats = evaluate(ChannelIsClass(), [{"image": smooth, "mask": low, "full_mask": full,
+    stats = validate(ChannelIsClass(), [{"image": smooth, "mask": low, "full_mask": full,
                                          "skipped": 0}], CPU)
     assert stats.cm_full.trace() == stats.cm_full.sum() == 13 * 29
+
+
+class Counted(torch.nn.Module):
+    """A 1×1 convolution whose loss can be made NaN from a given step on."""
+
+    def __init__(self, nan_from: int = 0) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, NUM_CLASSES, 1)
+        self.calls, self.nan_from = 0, nan_from
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.conv(x)
+        return out * float("nan") if self.nan_from and self.calls >= self.nan_from else out
+
+
+def reads_of_device_values(monkeypatch) -> list[str]:
+    """Every read of a tensor's value into Python (each one a host–device sync on a GPU)."""
+    reads: list[str] = []
+    for name in ("item", "__float__", "__bool__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return reads
+
+
+def test_training_reads_the_loss_once_every_check_not_every_step(monkeypatch):
+    """The loss stays on the device; reading it each step would make the CPU wait for every
+    forward before it can queue the backward."""
+    model = Counted()
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    data = [batch(low_size=(8, 16)) for _ in range(7)]
+    reads = reads_of_device_values(monkeypatch)
+    stats = train_one_epoch(model, data, optimizer, CPU, check_every=3)
+    assert len(reads) == 3  # after steps 3 and 6, and at the end (step 7)
+    assert stats.images == 14 and stats.loss > 0
+
+
+def test_a_nan_between_two_checks_names_the_steps(monkeypatch):
+    model = Counted(nan_from=5)
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteLossError, match="nan in batches 4–6"):
+        train_one_epoch(model, [batch() for _ in range(9)], optimizer, CPU, check_every=3)
+
+
+def test_validation_reads_nothing_back_before_the_end(monkeypatch):
+    """Per batch and per image the confusion matrices grow on the device; one read at the end
+    (the loss), plus the copies of the two matrices."""
+    data = [batch() for _ in range(4)]
+    reads = reads_of_device_values(monkeypatch)
+    stats = validate(Constant(3), data, CPU)
+    assert reads == ["item"]
+    assert stats.images == 8

@@ -45,7 +45,13 @@ def test_each_fold_trains_on_the_gpu_ray_granted_it(tmp_path):
     # granted no GPU on a node that has two: the CPU
     assert seen["cpu"]["device"] == ["cpu", "cpu"] and seen["cpu"]["gpu_ids"] == ["", ""]
     assert "0 GPU(s)" in seen["cpu"]["plan"]
-    # and asks for a CPU trial's host memory: it also holds the weights, gradients, Adam moments
-    # and activations that a GPU trial keeps on its GPU
+    # and each asks for its own kind of host memory: a GPU trial its pinned checkpoint buffers
+    # (1 CPU: no loader workers), a CPU trial also its weights, gradients, Adam moments and
+    # activations
+    from raycity.config import preset
+    from raycity.tune.resources import trial_memory_bytes
+
+    cfg = preset("smoke", epochs=1, folds=2)
     gib = {k: float(re.search(r"([\d.]+) GiB", seen[k]["plan"])[1]) for k in seen}
-    assert gib["cpu"] > gib["default"] + 2, seen
+    assert gib["default"] == round(trial_memory_bytes(cfg, True, workers=0) / 2**30, 1), seen
+    assert gib["cpu"] == round(trial_memory_bytes(cfg, False) / 2**30, 1), seen

@@ -3,17 +3,22 @@ trials really run at once, and requests no node can hold refused up front."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from raycity.config import preset
-from raycity.model import count_parameters
 from raycity.tune.resources import (
     GIB,
+    WORKER_BYTES,
     Node,
     check_placeable,
     default_gpus_per_trial,
+    fold_plan,
+    loader_host_bytes,
     plan_trials,
+    state_host_bytes,
     trial_memory_bytes,
 )
 from raycity.tune.rundir import RunError
@@ -69,17 +74,65 @@ def test_unplaceable_requests_name_the_flag():
     check_placeable(mixed, 1, 1, GIB)  # this one fits
 
 
-def test_memory_request_counts_the_checkpoint_buffers():
-    """A GPU trial holds host copies of weights + Adam moments + best weights (4 fp32 copies of
-    the 147 M parameters); a CPU trial also trains there (4 more) with its activations."""
+def seed_blocks():
     with torch.device("meta"):
         from raycity.model import UNetResNet50
 
-        params = count_parameters(UNetResNet50())
-    gpu, cpu = trial_memory_bytes(preset("seed"), True), trial_memory_bytes(preset("seed"), False)
-    assert gpu - GIB // 2 == 16 * params  # runtime + 4 copies × 4 bytes
-    assert cpu - gpu - 16 * params == int(4.86 * GIB)  # the measured 512×1024, batch-2 activations
+        model = UNetResNet50()
+    weights = [t.numel() * t.element_size() for t in model.state_dict().values()]
+    params = [p.numel() * 4 for p in model.parameters()]
+    return weights, params
+
+
+def test_a_gpu_folds_pinned_buffers_count_as_the_allocator_rounds_them():
+    """The checkpoints' host copies of a GPU fold are pinned, block by block, and torch's
+    pinned allocator rounds every block up to a power of two: the seed model's state + best
+    weights (2.36 GB) take 3.90 GB. A CPU fold's copies are not rounded."""
+    weights, params = seed_blocks()
+    blocks = weights + params + params + [4] * len(params) + weights  # state, then best
+    assert sum(blocks) == pytest.approx(2.36e9, rel=1e-3)
+    rounded = sum(2 ** math.ceil(math.log2(b)) for b in blocks)
+    assert rounded == pytest.approx(3.904e9, rel=1e-3)
+    assert state_host_bytes(on_gpu=True) == rounded
+    assert state_host_bytes(on_gpu=False) == sum(blocks)
+
+
+def test_a_gpu_folds_request_counts_its_loader_workers_and_their_batches():
+    """Seed recipe, 15 loader workers: two persistent pools (training, validation), 4 batches
+    ahead per worker, each in shared memory and pinned again; validation batches carry the
+    1024×2048 labels."""
+    cfg = preset("seed", data_root="/data")
+    train = 2 * (3 * 512 * 1024 * 4 + 512 * 1024 * 8)
+    val = train + 2 * 1024 * 2048
+    pin = lambda b: 2 ** math.ceil(math.log2(b))  # noqa: E731
+    loader = 2 * 15 * WORKER_BYTES + 15 * 4 * (train + pin(train) + val + pin(val))
+    assert loader_host_bytes(cfg, 15) == loader
+    gpu = trial_memory_bytes(cfg, True, workers=15)
+    assert gpu == GIB // 2 + state_host_bytes(True) + loader
+    # before: runtime + 4 unrounded fp32 copies of the parameters, and no loader at all
+    before = GIB // 2 + 16 * sum(p // 4 for p in seed_blocks()[1])
+    assert before / GIB == pytest.approx(2.70, abs=0.01) and gpu / GIB > 2 * before / GIB
+
+
+def test_a_cpu_folds_request_counts_training_and_activations():
+    cpu = trial_memory_bytes(preset("seed"), False)
+    params = sum(seed_blocks()[1]) // 4
+    assert cpu - GIB // 2 - state_host_bytes(False) - 16 * params == int(4.86 * GIB)
     assert trial_memory_bytes(preset("smoke"), False) < cpu  # activations scale with pixels
+
+
+def test_the_plan_settles_workers_and_memory_together():
+    """One GPU, 16 CPUs: the one fold at a time gets 16 CPUs, 15 of them loader workers, and
+    asks for their memory; on a node whose memory holds fewer such folds than its GPUs, fewer
+    run at once (pinned memory cannot swap)."""
+    cfg = preset("seed", data_root="/data")
+    plan = fold_plan(cfg, [Node("box", 16, 1, 128 * GIB)], 3, 1)
+    assert (plan.cpus, plan.concurrent) == (16, 1)
+    assert plan.memory == trial_memory_bytes(cfg, True, workers=15)
+    small = fold_plan(cfg, [Node("box", 16, 3, 24 * GIB)], 3, 1)
+    assert small.concurrent * small.memory <= 24 * GIB
+    assert small.memory == trial_memory_bytes(cfg, True,
+                                              workers=int(small.cpus) - 1)
 
 
 @pytest.mark.parametrize("gpu_ids, visible, device", [

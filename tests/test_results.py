@@ -82,3 +82,23 @@ def test_markdown_has_the_seed_layout():
     for row in ("Mean", "Std"):
         low, full = t.loc[row, "Low-Res mIoU"], t.loc[row, "Full-Res mIoU"]
         assert f"| {row} | {low:.4f} | {full:.4f} |" in md
+
+
+def test_a_tuned_epochs_decides_when_each_configurations_folds_are_complete():
+    """A 3-epoch configuration in a 5-epoch base is complete after 3 epochs, not 'stopped
+    early, 0/2 done'; and the longest configuration sets ASHA's last rung and the memory plan."""
+    from raycity.config import heaviest, preset
+    from raycity.results import leaderboard
+
+    summary = pd.DataFrame([
+        {"config_id": c, "fold": f, "epochs_done": n, "miou_low": 0.5, "miou_full": 0.4 + d,
+         "status": "ok"}
+        for c, n, d in (("c1", 3, 0.0), ("c2", 5, 0.1)) for f in (1, 2)])
+    values = pd.DataFrame({"hp_epochs": [3, 5]}, index=["c1", "c2"])
+    board = leaderboard(summary, ["hp_epochs"], values, {"c1": 3, "c2": 5}).set_index("config_id")
+    assert board.loc["c1", "folds_completed"] == 2 and not board.loc["c1", "stopped_early"]
+    assert board.loc["c2", "folds_completed"] == 2
+    short = leaderboard(summary, ["hp_epochs"], values, 5).set_index("config_id")
+    assert short.loc["c1", "stopped_early"]  # judged against the base's 5: what it fixes
+    big = heaviest(preset("smoke"), [{"epochs": 7}, {"batch_size": 4, "lr": 1e-3}, {}])
+    assert (big.epochs, big.batch_size) == (7, 4)

@@ -56,6 +56,29 @@ def test_one_configuration_fans_out_to_every_fold_and_the_mean_is_told_once():
     assert fan.suggest("t3")["variant"]["config_id"] == "c2"  # the next configuration
 
 
+def test_after_a_fold_is_retrained_the_searcher_hears_the_retrained_best():
+    """A crash that lost every state retrains the fold from epoch 1; its pre-crash best epoch
+    (0.7 here) no longer has a model or a row, so the mean told is the leaderboard's, from the
+    retrained epochs (0.5)."""
+    spy = Spy([{"lr": 1e-4}])
+    fan = FoldFanOut(spy, [1, 2], metric="miou_full", configurations=1, max_concurrent=1)
+    trials = [fan.suggest(f"t{i}") and f"t{i}" for i in range(2)]
+
+    def result(fold, epoch, low, best_low, best_full):
+        return {"fold": fold, "epoch": epoch, "miou_low": low, "miou_full": low,
+                "best_miou_low": best_low, "best_miou_full": best_full}
+
+    fan.on_trial_result(trials[0], result(1, 1, 0.7, 0.7, 0.7))  # before the crash
+    fan.on_trial_result(trials[0], result(1, 1, 0.4, 0.4, 0.4))  # retrained from scratch
+    last = result(1, 2, 0.5, 0.5, 0.5)
+    fan.on_trial_result(trials[0], last)
+    fan.on_trial_complete(trials[0], last)
+    other = result(2, 2, 0.3, 0.3, 0.3)
+    fan.on_trial_complete(trials[1], other)
+    ((_, told, error),) = spy.heard
+    assert not error and told[TOLD] == pytest.approx(np.mean([0.5, 0.3]))
+
+
 def test_a_failed_fold_is_told_as_an_error_once():
     spy = Spy([{"lr": 1e-4}])
     fan = FoldFanOut(spy, [1, 2], metric="miou_full", configurations=1, max_concurrent=1)

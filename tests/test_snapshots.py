@@ -1,5 +1,6 @@
-"""A fold's checkpoints: the best epoch's weights kept exactly, at most two full states on disk,
-writes spaced by what they cost, and a resume from whatever a crash left behind."""
+"""A fold's checkpoints: the best epoch's weights kept exactly, at most two complete states on
+disk (and one being written), each made durable before the older ones go, writes spaced by what
+they cost, and a resume from whatever a crash left behind."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_best_weights_are_the_best_epochs_exactly(tmp_path, clock):
     assert not torch.equal(best["model"]["weight"], kept[5]["weight"])
 
 
-def test_at_most_two_full_states_and_writes_spaced_by_their_cost(tmp_path, clock, monkeypatch):
+def test_at_most_three_full_states_and_writes_spaced_by_their_cost(tmp_path, clock, monkeypatch):
     """The first state is written after epoch 1; the next only once 1/budget × the measured
     write time has passed; a write never queues behind another; at no moment are more than two
     full states (one complete, one being written) in the folder."""
@@ -107,9 +108,10 @@ def test_at_most_two_full_states_and_writes_spaced_by_their_cost(tmp_path, clock
                                meta(epoch), last=epoch == 11)
         ck._join()  # let each background write finish before the clock moves on
         written.append(save.saved)
-        assert len(files(ck, "state-")) <= 1 and len(files(ck, ".state-")) == 0
+        assert len(files(ck, "state-")) <= 2 and len(files(ck, ".state-")) == 0
     assert len(seen) == 3 and all(len(names) <= 2 for names in seen)
-    assert [len(names) for names in at_prune] == [1, 2, 2]  # two at most, and only then
+    # the moment after a rename: the new state and the two before it, of which one goes
+    assert [len(names) for names in at_prune] == [1, 2, 3]
     # Epoch 1 always (t = 10 s; the 2-s write moves the clock to 12); then the first epoch end
     # ≥ 40 s after the last write began: epoch 5 (t = 52), epoch 9 (t = 94); never the last.
     completed = sorted({name for name in written if name})
@@ -124,8 +126,11 @@ def test_sync_epochs_are_on_disk_before_the_epoch_is_reported(tmp_path, clock):
         clock.now += 10
         save = ck.end_of_epoch(epoch, 0.1 * epoch, model.state_dict, lambda e=epoch: state(e),
                                meta(epoch), sync=epoch == 3)
-    assert save.saved == "state-000003.pt" and files(ck, "state-") == ["state-000003.pt"]
-    assert files(ck, "best-") == ["best-000003.pt"]  # written with it: the trial may be stopped
+    assert save.saved == "state-000003.pt"
+    states = files(ck, "state-")  # and its predecessor (epoch 1 or 2: the writer's pace)
+    assert len(states) == 2 and states[-1] == "state-000003.pt"
+    # written with it (the trial may be stopped next), and the one the predecessor refers to
+    assert files(ck, "best-") == [states[0].replace("state", "best"), "best-000003.pt"]
 
 
 def test_resume_takes_the_newest_state_and_cleans_what_a_crash_left(tmp_path, clock):
@@ -148,11 +153,38 @@ def test_resume_takes_the_newest_state_and_cleans_what_a_crash_left(tmp_path, cl
     assert (resumed.best_epoch, resumed.best_score) == (2, pytest.approx(0.2))
     # epoch 3 will be trained again: its best weights and its record are gone
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best-000002.pt", "epoch-000001.json", "epoch-000002.json", "state-000002.pt"]
+        "best-000001.pt", "best-000002.pt", "epoch-000001.json", "epoch-000002.json",
+        "state-000001.pt", "state-000002.pt"]
+    assert resumed.notice is None
     assert FoldCheckpoints(str(tmp_path / "empty")).resume() is None  # nothing yet: start over
 
 
-def test_a_damaged_newest_state_means_starting_over_not_failing(tmp_path, clock):
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_damaged_newest_state_falls_back_to_the_previous_one(tmp_path, clock, damage):
+    """Cut short by a power loss (or emptied): the fold resumes from the state before it, says
+    which file was damaged and from which epoch it resumes, and forgets the epochs after it."""
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path))
+    for epoch in (1, 2):
+        step()
+        ck.end_of_epoch(epoch, 0.1 * epoch, model.state_dict, lambda e=epoch: state(e),
+                        meta(epoch), sync=True)
+        ck.record({"epoch": epoch, "miou_low": 0.1 * epoch})
+        if epoch == 1:
+            after_one = copy.deepcopy(model.state_dict())
+    newest = tmp_path / "state-000002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2] if damage == "truncate"
+                       else b"")
+    resumed = FoldCheckpoints(str(tmp_path))
+    got = resumed.resume()
+    assert got["epoch"] == 1 and torch.equal(got["model"]["weight"], after_one["weight"])
+    assert (resumed.best_epoch, resumed.best_score) == (1, pytest.approx(0.1))
+    assert "state-000002.pt" in resumed.notice and "resumed from epoch 1" in resumed.notice
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best-000001.pt", "epoch-000001.json", "state-000001.pt"]
+
+
+def test_with_no_state_that_loads_the_fold_starts_over_and_says_so(tmp_path, clock):
     model, step, state = trainer()
     ck = FoldCheckpoints(str(tmp_path))
     step()
@@ -161,7 +193,44 @@ def test_a_damaged_newest_state_means_starting_over_not_failing(tmp_path, clock)
     (tmp_path / "state-000001.pt").write_bytes(b"cut short by a power loss")
     resumed = FoldCheckpoints(str(tmp_path))
     assert resumed.resume() is None and resumed.best_epoch == 0
+    assert "state-000001.pt" in resumed.notice and "restarts from epoch 1" in resumed.notice
     assert list(tmp_path.iterdir()) == []  # nothing of the lost attempt is trusted
+
+
+def test_a_state_is_durable_before_its_name_appears_and_before_older_ones_go(tmp_path, clock,
+                                                                             monkeypatch):
+    events = []
+    real_fsync, real_replace = snapshots.os.fsync, snapshots.os.replace
+
+    def fsync(fd):
+        import os
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", dst.rsplit("/", 1)[-1]))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(snapshots.os, "fsync", fsync)
+    monkeypatch.setattr(snapshots.os, "replace", replace)
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path))
+    delete = ck._delete
+    monkeypatch.setattr(ck, "_delete", lambda name: (events.append(("delete", name)),
+                                                     delete(name)))
+    for epoch in (1, 2, 3):
+        step()
+        ck.end_of_epoch(epoch, 0.0, model.state_dict, lambda e=epoch: state(e), meta(epoch),
+                        sync=True)
+    for epoch in (1, 3):
+        i = events.index(("rename", f"state-00000{epoch}.pt"))
+        # the file's bytes, then its name, then the folder that holds the name
+        assert events[i - 1:i + 2] == [("fsync", f".state-00000{epoch}.pt.tmp"),
+                                       ("rename", f"state-00000{epoch}.pt"),
+                                       ("fsync", tmp_path.name)]
+    # the oldest goes only once the third is durable
+    assert events.index(("delete", "state-000001.pt")) == i + 2
+    assert files(ck, "state-") == ["state-000002.pt", "state-000003.pt"]
 
 
 @pytest.mark.parametrize("keep", [False, True])

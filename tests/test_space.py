@@ -76,7 +76,7 @@ def test_bad_top_level_and_scheduler():
 def test_unreadable_and_missing_files(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("params: {lr: [unclosed")
-    with pytest.raises(SpaceError, match=f"{bad}: unreadable YAML"):
+    with pytest.raises(SpaceError, match=f"{bad}: not usable YAML"):
         load_space(str(bad))
     with pytest.raises(SpaceError) as err:
         load_space("nope.yaml")

@@ -111,18 +111,18 @@ def scripted_steps(val_losses: list[float], mious: list[float]) -> FoldSteps:
     """Epochs that take no time and report the given validation loss and mIoU."""
     epoch = {"n": 0}
 
-    def train(model, loader, optimizer, device, **kwargs):
+    def train(model, loader, optimizer, speed, **kwargs):
         epoch["n"] += 1
         return TrainStats(1.0, 2, 0.01, 0)
 
-    def evaluate(model, loader, device, **kwargs):
+    def validate(model, loader, speed, **kwargs):
         k = epoch["n"] - 1
         right = int(1000 * mious[k])  # a confusion matrix whose mIoU rises with mious[k]
         cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
         cm[0, 0], cm[0, 1] = right, 1000 - right
         return EvalStats(val_losses[k], cm, cm, 2, 0.01, 0)
 
-    return FoldSteps(train, evaluate)
+    return FoldSteps(train, validate)
 
 
 @pytest.mark.parametrize("metric, losses, mious, halved_at", [

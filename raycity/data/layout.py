@@ -92,7 +92,21 @@ def find_samples(root: str | Path, split: str) -> list[Sample]:
     return [Sample(str(root), split, *stem.split("/", 1)) for stem in sorted(images)]
 
 
-def read_png(path: Path, mode: ImageReadMode) -> torch.Tensor:
+MAX_PIXELS = 64_000_000  # --max-pixels: 30× Cityscapes' 2048×1024, far below a bomb's reach
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    """A PNG of a few KB can declare 30000×30000 pixels (a decompression bomb: 2.7 GB once
+    decoded as RGB); the header says so before anything is decoded."""
+    if width * height > max_pixels:
+        raise DataError(f"{path}: {width}×{height} pixels ({width * height / 1e6:.0f} MP) is "
+                        f"above the limit of {max_pixels / 1e6:g} MP; refused before decoding "
+                        f"(raise it with --max-pixels if the image is genuine)")
+
+
+def read_png(path: Path, mode: ImageReadMode, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    width, height, _, _ = png_header(path)
+    check_pixels(path, width, height, max_pixels)
     try:
         data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
         return decode_png(data, mode=mode)
@@ -122,9 +136,11 @@ def png_header(path: Path) -> tuple[int, int, int, int]:
     return width, height, head[24], head[25]
 
 
-def check_pair(sample: Sample) -> None:
+def check_pair(sample: Sample, max_pixels: int = MAX_PIXELS) -> None:
     width, height, _, _ = png_header(sample.image_path)
     label_w, label_h, _, colour = png_header(sample.label_path)
+    check_pixels(sample.image_path, width, height, max_pixels)
+    check_pixels(sample.label_path, label_w, label_h, max_pixels)
     if colour != GREYSCALE:
         raise DataError(f"{sample.label_path}: a colour PNG (colour type {colour}); expected "
                         f"single-channel labelIds (*_gtFine_labelIds.png)")
@@ -133,15 +149,17 @@ def check_pair(sample: Sample) -> None:
                         f"image's {height}×{width} ({sample.image_path})")
 
 
-def check_pairs(samples: list[Sample], skip_bad: bool = False) -> list[DataError]:
+def check_pairs(samples: list[Sample], skip_bad: bool = False,
+                max_pixels: int = MAX_PIXELS) -> list[DataError]:
     """Every pair's headers, before anything launches: both files present, non-empty PNGs, the
     label single-channel and the size of its image. Header reads only, so 5,000 pairs take
-    seconds; decoding (label ids) stays in `raycity.data check` and in the trials. Raises the
+    seconds; none is larger than `max_pixels`; decoding (label ids) stays in `raycity.data
+    check` and in the trials. Raises the
     first problem, or with `skip_bad` returns them all (those samples will be skipped)."""
     problems = []
     for sample in samples:
         try:
-            check_pair(sample)
+            check_pair(sample, max_pixels)
         except DataError as err:
             if not skip_bad:
                 raise
@@ -149,10 +167,10 @@ def check_pairs(samples: list[Sample], skip_bad: bool = False) -> list[DataError
     return problems
 
 
-def read_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+def read_sample(sample: Sample, max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 image (3×H×W) and trainId mask (H×W), validated; DataError names the file."""
-    image = read_png(sample.image_path, ImageReadMode.RGB)
-    label_ids = read_png(sample.label_path, ImageReadMode.GRAY)[0]
+    image = read_png(sample.image_path, ImageReadMode.RGB, max_pixels)
+    label_ids = read_png(sample.label_path, ImageReadMode.GRAY, max_pixels)[0]
     if label_ids.dtype != torch.uint8:  # a 16-bit PNG
         top = int(label_ids.to(torch.int32).max()) if label_ids.numel() else 0
         if top > 255:

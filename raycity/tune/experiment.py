@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from raycity.config import Config, RunOptions, config_json
+from raycity.config import Config, RunOptions, config_json, heaviest
 from raycity.data import find_samples
 from raycity.data.cache import cache_problem
 from raycity.data.layout import check_pairs
@@ -23,6 +23,7 @@ from raycity.errors import short_error
 from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
 from raycity.model import check_pretrained
 from raycity.results import atomic_write_text
+from raycity.runlock import RunLock
 from raycity.snapshots import FoldCheckpoints
 from raycity.training import run_fold
 from raycity.tune.driver import RayLogs, StopSignals, connect_ray
@@ -32,8 +33,7 @@ from raycity.tune.resources import (
     check_placeable,
     cluster_nodes,
     default_gpus_per_trial,
-    plan_trials,
-    trial_memory_bytes,
+    fold_plan,
 )
 from raycity.tune.rundir import (
     EXPERIMENT_NAME,
@@ -75,10 +75,13 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
     echo = echo or (lambda line: print(line, flush=True))
     stop, logs = StopSignals(), RayLogs(console=opts.ray_logs)
     stop.install()
+    lock = RunLock(Path(opts.run_dir), echo)
     try:
+        lock.acquire()  # before the directory is checked, made or resumed
         return _run(kind, cfg, opts, variants, hparams, metric, scheduler, search,
                     explicit or {}, fold_fn, echo, stop, logs)
     finally:
+        lock.release()
         stop.restore()
         logs.close()
 
@@ -107,7 +110,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         # is written or launched.
         root, synthetic = dataset_root(cfg)
         samples = find_samples(root, "train")
-        bad = check_pairs(samples, skip_bad=cfg.skip_bad_samples)
+        bad = check_pairs(samples, skip_bad=cfg.skip_bad_samples, max_pixels=cfg.max_pixels)
         if bad:
             echo(f"--skip-bad-samples: {len(bad)} unreadable pair(s) will be skipped and "
                  f"counted, e.g. {bad[0]}")
@@ -136,7 +139,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
     try:
         # at most --max-concurrent configurations are in flight: their folds share the CPUs
         in_flight = min(configurations, (search and search.max_concurrent) or configurations)
-        plan = resource_plan(cfg, opts, in_flight * len(folds))
+        plan = resource_plan(heaviest(cfg, tuned_limits(state)), opts, in_flight * len(folds))
         echo(f"{configurations * len(folds)} trial(s), {plan.concurrent} at a time; each "
              f"{plan.cpus:g} CPU(s), {plan.gpus:g} GPU(s), {plan.memory / 2**30:.1f} GiB")
         if search is not None and search.max_concurrent is None:  # keep every trial slot busy
@@ -191,15 +194,25 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
     return run_dir, write_tables(run_dir, state, load_epochs(run_dir, state, echo), status)
 
 
+def tuned_limits(state: RunState) -> list[dict[str, Any]]:
+    """The values a sweep's configurations may take: each one listed up front, or (a searcher
+    proposing as it goes) every value at the limits of its domain."""
+    limits = [v.overrides for v in state.variants]
+    if state.search.get("space"):
+        from raycity.tune.space import parse_space
+
+        limits += parse_space(state.search["space"], "run.json").extremes()
+    return limits
+
+
 def resource_plan(cfg: Config, opts: RunOptions, trials: int) -> TrialPlan:
     """What each fold asks Ray for, from what the cluster has; refused here, in seconds, if no
     node could ever hold one (Ray would wait for it forever)."""
     nodes = cluster_nodes()
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else \
         default_gpus_per_trial(nodes)
-    memory = trial_memory_bytes(cfg, on_gpu=gpus > 0)
-    plan = plan_trials(nodes, trials, gpus, memory, opts.cpus_per_trial)
-    check_placeable(nodes, plan.cpus, gpus, memory)
+    plan = fold_plan(cfg, nodes, trials, gpus, opts.cpus_per_trial)
+    check_placeable(nodes, plan.cpus, gpus, plan.memory)
     return plan
 
 

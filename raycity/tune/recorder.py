@@ -23,10 +23,10 @@ from raycity.results import (
     atomic_write_text,
     epochs_frame,
 )
-from raycity.training import REPLAYED
+from raycity.training import NOTICE, REPLAYED
 from raycity.tune.driver import StopSignals
 from raycity.tune.rundir import RunState
-from raycity.tune.tables import load_epochs, load_status, tuned, write_tables
+from raycity.tune.tables import hp_column, load_epochs, load_status, tuned, write_tables
 from raycity.tune.trainable import USER_ERROR
 
 
@@ -133,6 +133,8 @@ class RunRecorder(tune.Callback):
         self.status.pop(key, None)
         self.flush(key[1])
         self.tensorboard(key, row)
+        if result.get(NOTICE):
+            self.run.echo(f"[{who(state, key)}] {result[NOTICE]}")
         self.run.echo(progress_line(state, key, row))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -202,7 +204,8 @@ def who(state: RunState, key: tuple[str, int]) -> str:
 
 
 def progress_line(state: RunState, key: tuple[str, int], row: dict) -> str:
-    return (f"[{who(state, key)}] epoch {row['epoch']}/{state.config.epochs}  "
+    length = row.get(hp_column("epochs"), state.config.epochs)  # a sweep may tune it
+    return (f"[{who(state, key)}] epoch {row['epoch']}/{int(length)}  "
             f"loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
             f"mIoU low {row['miou_low']:.4f} full {row['miou_full']:.4f}  "
             f"lr {row['lr']:.2g}  {row['epoch_seconds']:.1f} s")

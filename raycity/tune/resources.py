@@ -3,16 +3,22 @@ nodes' resources (unit-tested without Ray), plus reading those resources from Ra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch
+
 from raycity.config import Config
-from raycity.model import seed_parameter_count
+from raycity.model import seed_parameter_count, seed_tensor_bytes
+from raycity.training import CUDA_PREFETCH, cpu_split
 from raycity.tune.rundir import RunError
 
 GIB = 2**30
 RUNTIME_BYTES = GIB // 2  # torch, the Ray worker and the loader, measured ≈ 0.5 GiB of RSS
 ACTIVATIONS_512x1024_B2 = 4.86 * GIB  # saved for backward in fp32 (benchmarks/memory.py)
+WORKER_BYTES = 400 * 2**20  # one loader worker's own memory, decoding 2048×1024 pairs (measured)
+FULL_LABEL = (1024, 2048)  # Cityscapes' label size
 
 
 @dataclass(frozen=True)
@@ -50,18 +56,50 @@ def default_gpus_per_trial(nodes: list[Node]) -> float:
     return 1.0 if any(n.gpus >= 1 for n in nodes) else 0.0
 
 
-def trial_memory_bytes(cfg: Config, on_gpu: bool) -> int:
+def pinned(nbytes: int) -> int:
+    """What torch's pinned-memory allocator takes for a block: the next power of two."""
+    return 1 << max(0, (nbytes - 1).bit_length())
+
+
+def state_host_bytes(on_gpu: bool) -> int:
+    """Host buffers a fold's checkpoints are written from: its full state (weights, BatchNorm
+    statistics, Adam's two moments and step per parameter) and its best weights. For a GPU
+    fold they are pinned, block by block, each rounded up by the allocator: the seed model's
+    2.36 GB take 3.90 GB."""
+    weights, params = seed_tensor_bytes()
+    blocks = weights + params + params + [4] * len(params) + weights
+    return sum(pinned(b) if on_gpu else b for b in blocks)
+
+
+def loader_host_bytes(cfg: Config, workers: int) -> int:
+    """A GPU fold's two pools of persistent loader workers (training and validation), and the
+    batches they keep in flight: `prefetch` per worker in shared memory, each pinned once more
+    (rounded) by the loader's pin-memory thread. Validation batches carry the full-size labels."""
+    if workers == 0:
+        return 0
+    h, w = cfg.image_size
+    full_h, full_w = cfg.synthetic_size if cfg.data_root is None else FULL_LABEL
+    train = cfg.batch_size * (3 * h * w * 4 + h * w * 8)  # fp32 images, int64 labels
+    val = train + cfg.batch_size * full_h * full_w  # and the uint8 labels at full size
+    in_flight = workers * CUDA_PREFETCH
+    return (2 * workers * WORKER_BYTES
+            + in_flight * (train + pinned(train)) + in_flight * (val + pinned(val)))
+
+
+def trial_memory_bytes(cfg: Config, on_gpu: bool, workers: int = 0) -> int:
     """Host memory one trial needs, requested from Ray so that it never starts more trials than
-    fit. Every trial holds the host buffers its checkpoints are written from (weights + Adam
-    moments, and the best weights: 4 copies of the parameters in fp32) and its runtime; a trial
-    training on the CPU also holds weights, gradients and Adam moments (4 more copies) and its
-    activations, scaled from the seed's 512×1024, batch 2 by pixels × batch."""
-    params = 4 * seed_parameter_count()  # bytes of one fp32 copy of the parameters
-    need = RUNTIME_BYTES + 4 * params
-    if not on_gpu:
+    fit (pinned memory cannot be swapped out). Every trial holds the host buffers its
+    checkpoints are written from and its runtime; a GPU trial its loader workers and their
+    batches; a trial training on the CPU also holds weights, gradients and Adam moments (4 fp32
+    copies of the parameters) and its activations, scaled from the seed's 512×1024, batch 2 by
+    pixels × batch."""
+    need = RUNTIME_BYTES + state_host_bytes(on_gpu)
+    if on_gpu:
+        need += loader_host_bytes(cfg, workers)
+    else:
         h, w = cfg.image_size
-        need += 4 * params + int(ACTIVATIONS_512x1024_B2 * h * w * cfg.batch_size
-                                 / (512 * 1024 * 2))
+        need += 4 * 4 * seed_parameter_count() + int(
+            ACTIVATIONS_512x1024_B2 * h * w * cfg.batch_size / (512 * 1024 * 2))
     return int(need)
 
 
@@ -104,6 +142,26 @@ def plan_trials(nodes: list[Node], trials: int, gpus: float, memory: int,
         mid = (low + high) / 2
         low, high = (mid, high) if fits(mid) else (low, mid)
     return TrialPlan(math.floor(low * 1000) / 1000, gpus, memory, parallel)
+
+
+def fold_plan(cfg: Config, nodes: list[Node], trials: int, gpus: float,
+              cpus: float | None = None) -> TrialPlan:
+    """`plan_trials` for the fold recipe: a GPU fold's loader workers are its CPUs less one, so
+    its memory depends on its CPU share, which depends on how many folds fit in memory;
+    settled by repeating the plan, and the request then counts the workers of the share."""
+    memory = trial_memory_bytes(cfg, gpus > 0)
+    plan = plan_trials(nodes, trials, gpus, memory, cpus)
+    if gpus == 0:
+        return plan
+    for _ in range(4):
+        workers = cpu_split(plan.cpus, torch.device("cuda"), cfg.num_workers)[1]
+        memory = max(memory, trial_memory_bytes(cfg, True, workers))
+        settled = plan_trials(nodes, trials, gpus, memory, cpus)
+        if settled == plan:
+            break
+        plan = settled
+    workers = cpu_split(plan.cpus, torch.device("cuda"), cfg.num_workers)[1]
+    return dataclasses.replace(plan, memory=max(memory, trial_memory_bytes(cfg, True, workers)))
 
 
 def check_placeable(nodes: list[Node], cpus: float, gpus: float, memory: int) -> None:

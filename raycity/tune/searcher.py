@@ -164,9 +164,15 @@ class FoldFanOut(Searcher):
         if group is None or "epoch" not in result or USER_ERROR in result:
             return
         fold = int(result["fold"])
-        low, score = result.get(BEST_BY), result.get(self.metric)
         if f"best_{BEST_BY}" in result and f"best_{self.metric}" in result:
-            low, score = result[f"best_{BEST_BY}"], result[f"best_{self.metric}"]  # the fold's own
+            # the fold's own best so far, as its latest training has it: after a fold is
+            # retrained, the epochs the leaderboard ranks by — not a better pre-crash epoch
+            # whose model no longer exists
+            low, score = result[f"best_{BEST_BY}"], result[f"best_{self.metric}"]
+            if low is not None and np.isfinite(low):
+                group["best"][fold] = (float(low), float(score))
+            return
+        low, score = result.get(BEST_BY), result.get(self.metric)
         best = group["best"].get(fold)
         if low is not None and np.isfinite(low) and (best is None or low > best[0]):
             group["best"][fold] = (float(low), float(score))

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from ray import tune
 
 from raycity.config import Config, ConfigError
-from raycity.errors import UserError, brief
+from raycity.errors import UserError
+from raycity.yamlfile import YamlFileError, clip, load_yaml
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
@@ -91,10 +91,35 @@ def find_space(name: str) -> Path:
 def load_space(name: str) -> Space:
     path = find_space(name)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise SpaceError(f"{path}: unreadable YAML ({brief(err)})") from err
+        raw = load_yaml(path, what="search space")
+    except YamlFileError as err:
+        raise SpaceError(str(err)) from err
     return parse_space(raw, str(path))
+
+
+MAX_CONFIGURATIONS = 10_000  # --max-configurations: a plan above it is a typo, not a sweep
+
+
+def planned_configurations(space: Space, method: str, num_samples: int | None = None) -> int:
+    """How many configurations a search would train, counted before any is made."""
+    n = num_samples or space.num_samples
+    if method == "optuna":
+        return n
+    if method == "grid":
+        drawn = [s for s, _ in space.specs.values() if s not in ("grid", "choice")]
+        listed = [len(a) for s, a in space.specs.values() if s in ("grid", "choice")]
+        return int(np.prod(listed, dtype=object)) * (n if drawn else 1)
+    return n * int(np.prod([len(v) for v in space.grid.values()], dtype=object))
+
+
+def check_plan_size(space: Space, method: str, num_samples: int | None, folds: int,
+                    limit: int = MAX_CONFIGURATIONS) -> None:
+    count = planned_configurations(space, method, num_samples)
+    if count > limit:
+        raise SpaceError(f"{space.path}: the {method} search plans {count} configurations "
+                         f"(× {folds} folds = {count * folds} trials), above the limit of "
+                         f"{limit}; shrink the space or --num-samples, or raise "
+                         f"--max-configurations")
 
 
 def parse_space(raw: Any, path: str = "<space>") -> Space:
@@ -160,28 +185,28 @@ def parse_space(raw: Any, path: str = "<space>") -> Space:
             params[name] = tune.quniform(low, high, nums[2])
     num_samples = raw.get("num_samples", 1)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise err("num_samples", f"expected an integer ≥ 1, got {num_samples!r}")
+        raise err("num_samples", f"expected an integer ≥ 1, got {clip(num_samples)}")
     metric = raw.get("metric", "miou_full")
     if metric not in METRICS:
-        raise err("metric", f"expected one of {list(METRICS)}, got {metric!r}")
+        raise err("metric", f"expected one of {list(METRICS)}, got {clip(metric)}")
     scheduler = raw.get("scheduler")
     if scheduler is not None:
         scheduler = _scheduler(scheduler, err)
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
-        raise err("seed", f"expected an integer, got {seed!r}")
+        raise err("seed", f"expected an integer, got {clip(seed)}")
     search = raw.get("search")
     if search is not None and search not in SEARCHES:
-        raise err("search", f"expected one of {list(SEARCHES)}, got {search!r}")
+        raise err("search", f"expected one of {list(SEARCHES)}, got {clip(search)}")
     return Space(path, params, num_samples, metric, scheduler, seed, grid, specs, search, raw)
 
 
 def _number(value: Any, kind: type, key: str, err) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise err(key, f"expected a number, got {value!r}")
+        raise err(key, f"expected a number, got {clip(value)}")
     if kind is int:
         if float(value) != int(value):
-            raise err(key, f"expected an integer, got {value!r}")
+            raise err(key, f"expected an integer, got {clip(value)}")
         return int(value)
     return float(value)
 
@@ -194,9 +219,9 @@ def _scheduler(spec: Any, err) -> dict[str, Any]:
         raise err("scheduler.asha", "allowed keys: grace_period, reduction_factor")
     grace, factor = opts.get("grace_period", 1), opts.get("reduction_factor", 3)
     if not isinstance(grace, int) or grace < 1:
-        raise err("scheduler.asha.grace_period", f"expected an integer ≥ 1, got {grace!r}")
+        raise err("scheduler.asha.grace_period", f"expected an integer ≥ 1, got {clip(grace)}")
     if not isinstance(factor, (int, float)) or factor < 2:
-        raise err("scheduler.asha.reduction_factor", f"expected a number ≥ 2, got {factor!r}")
+        raise err("scheduler.asha.reduction_factor", f"expected a number ≥ 2, got {clip(factor)}")
     return {"grace_period": grace, "reduction_factor": float(factor)}
 
 
