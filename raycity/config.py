@@ -95,6 +95,15 @@ def validate(cfg: Config) -> None:
          "synthetic_size", "two integers ≥ 32")
     need(cfg.epochs >= 1, "epochs", "an integer ≥ 1")
     need(cfg.batch_size >= 1, "batch_size", "an integer ≥ 1")
+    if cfg.batch_size >= 1 and len(cfg.image_size) == 2:
+        # ResNet-50 halves the size 5 times (rounding up): at 32×32 its last stage is 1×1, and
+        # BatchNorm in training needs more than one value per channel across the batch
+        cells = math.ceil(cfg.image_size[0] / 32) * math.ceil(cfg.image_size[1] / 32)
+        need(cfg.batch_size * cells >= 2, "batch_size",
+             f"a batch that gives BatchNorm more than one value per channel: at image_size "
+             f"{cfg.image_size[0]}x{cfg.image_size[1]} the encoder's last stage is "
+             f"{math.ceil(cfg.image_size[0] / 32)}×{math.ceil(cfg.image_size[1] / 32)}; use "
+             f"--batch-size 2 or a larger --image-size")
     need(math.isfinite(cfg.lr) and 0 < cfg.lr <= 1, "lr",
          "a finite learning rate in (0, 1] (Adam diverges above 1; the seed uses 1e-4)")
     need(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay",

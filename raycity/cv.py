@@ -41,8 +41,6 @@ def cross_validate(cfg: Config, explicit: dict[str, Any], opts: RunOptions) -> i
           f"  report: {run_dir}/report.md, figures in {run_dir}/figures/\n"
           f"  tensorboard --logdir {run_dir}/tensorboard")
     failed = summary[summary["status"] != "ok"]
-    for row in failed.itertuples():
-        print(f"fold {row.fold} {row.status}")
     return 1 if len(failed) else 0
 
 

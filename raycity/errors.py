@@ -27,6 +27,19 @@ def brief(err: BaseException, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def failure_message(text: object, failures: int = 0) -> str:
+    """A failed trial in one line: a worker killed from outside (kill -9, the OOM killer,
+    Ray's memory monitor) as such, not Ray's paragraph of common causes."""
+    raw = str(text)
+    if "OutOfMemoryError" in raw or "memory monitor" in raw:
+        return (f"its worker ran out of host memory and was killed ({failures + 1} time(s)); "
+                f"lower --batch-size, --num-workers or --cpus-per-trial, then --resume")
+    if "ActorDiedError" in raw or "worker process has died" in raw or "ActorUnavailable" in raw:
+        return (f"its worker was killed (a signal, or out of memory?) {failures + 1} time(s); "
+                f"--resume retries it")
+    return short_error(raw)
+
+
 def short_error(text: object) -> str:
     """The line of a traceback that says what went wrong, without the module path
     ("DataError: …", not "raycity.data.layout.DataError: …"). An error raised in a DataLoader

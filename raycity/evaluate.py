@@ -57,7 +57,8 @@ def run_data_root(run_dir: Path, data_root: str | None) -> str:
         return data_root
     run = run_dir / "run.json"
     if not run.is_file():
-        raise FileNotFoundError(f"{run}: missing; pass --data-root")
+        raise FileNotFoundError(f"{run_dir}: not a raycity run (no run.json); pass the folder "
+                                f"of a run, e.g. results/<name>")
     saved = json.loads(run.read_text())
     if saved.get("synthetic"):
         config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +122,33 @@ def per_class_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """epochs.parquet and summary.parquet; a missing or damaged one is rebuilt from the record
+    each fold keeps of its epochs, as `--resume` does, and said in one line."""
+    try:
+        return (pd.read_parquet(run_dir / "epochs.parquet"),
+                pd.read_parquet(run_dir / "summary.parquet"))
+    except (OSError, ValueError):
+        from raycity.tune.rundir import RunState
+        from raycity.tune.tables import load_epochs, load_status, write_tables
+
+        state = RunState.load(run_dir)
+        epochs = load_epochs(run_dir, state, lambda line: print(line, file=sys.stderr))
+        if epochs.empty:
+            raise FileNotFoundError(f"{run_dir / 'epochs.parquet'}: missing or damaged, and no "
+                                    f"fold recorded an epoch to rebuild it from") from None
+        return epochs, write_tables(run_dir, state, epochs, load_status(run_dir))
+
+
 def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     """report.md (and, with `figures`, the figures) from the run's Parquet tables and checkpoints."""
     run_dir = Path(run_dir)
-    for name in ("config.json", "run.json", "epochs.parquet", "summary.parquet"):
+    for name in ("config.json", "run.json"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a raycity run?")
     config = json.loads((run_dir / "config.json").read_text())
     run = json.loads((run_dir / "run.json").read_text())
-    epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    summary = pd.read_parquet(run_dir / "summary.parquet")
+    epochs, summary = read_tables(run_dir)
     prefix, heading = "", "Cross-validation"
     if (run_dir / "leaderboard.parquet").is_file():
         best = pd.read_parquet(run_dir / "leaderboard.parquet").iloc[0]["config_id"]

@@ -140,15 +140,30 @@ def table1_markdown(summary: pd.DataFrame, image_size: tuple[int, int] | None = 
              "| Fold | Low-Res mIoU | Full-Res mIoU |", "|---|---|---|"]
     status = dict(zip(summary["fold"].astype(str), summary["status"]))
     for r in table1(summary).itertuples():
-        note = "" if status.get(r.Fold, "ok") == "ok" else f" ({status[r.Fold]})"
+        state = status.get(r.Fold, "ok")
+        note = "" if state == "ok" else " (failed)" if state.startswith("failed") else f" ({state})"
         lines.append(f"| {r.Fold}{note} | {_fmt(r[2])} | {_fmt(r[3])} |")
     failed = summary["status"].str.startswith("failed").sum()
     pending = (summary["status"] == PENDING).sum()
     if failed or pending:
         what = " and ".join(part for part in (f"{failed} failed" if failed else "",
                                               f"{pending} pending" if pending else "") if part)
-        lines += ["", f"Mean and Std leave out {what} fold(s) of {len(summary)}."]
+        lines += ["", f"Mean and Std leave out {what} fold(s) of {len(summary)}.",
+                  *failure_lines(summary)]
     return "\n".join(lines) + "\n"
+
+
+def failure_lines(summary: pd.DataFrame) -> list[str]:
+    """Each distinct failure once, with the folds it ended: one user error that failed every
+    fold is one line ("all 3 folds"), not one per fold."""
+    failed = summary[summary["status"].str.startswith("failed")]
+    lines = []
+    for message, group in failed.groupby("status", sort=False):
+        folds = [str(f) for f in group["fold"]]
+        who = f"all {len(summary)} folds" if len(group) == len(summary) > 1 else \
+            ("fold " if len(folds) == 1 else "folds ") + ", ".join(folds)
+        lines.append(f"{who} {message}")
+    return lines
 
 
 def _fmt(value: float) -> str:

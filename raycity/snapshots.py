@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import threading
 import time
@@ -40,23 +39,15 @@ import pyarrow.fs as pafs
 import torch
 
 from raycity.checkpoint import CheckpointError, load_checkpoint
+from raycity.durable import put_durably
 from raycity.errors import brief, storage_error
 from raycity.hostcopy import HostBuffers, tensor_bytes
 
+STATE_DIR = "raycity"  # inside each trial's storage folder: state-*.pt, best-*.pt, records
 STATE = re.compile(r"^state-(\d+)\.pt$")
 BEST = re.compile(r"^best-(\d+)\.pt$")
 RECORD = re.compile(r"^epoch-(\d+)\.json$")
 DONE = "done.json"
-
-
-def fsync_dir(path: str) -> None:
-    """A rename is durable once its folder is synced (POSIX; not every filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass
@@ -107,27 +98,12 @@ class FoldCheckpoints:
         a file, and after a power loss the new name holds the whole file or is absent. (The
         directory is made here, not on construction: reading a fold's files creates nothing.)"""
         try:
-            self._put_durably(name, write)
+            put_durably(self.fs, self.directory, name, write)
         except OSError as err:
             self._delete(f".{name}.tmp")
             if (full := storage_error(err, self._path(name))) is not None:
                 raise full from err
             raise
-
-    def _put_durably(self, name: str, write: Callable[[Any], Any]) -> None:
-        self.fs.create_dir(self.directory, recursive=True)
-        tmp, final = self._path(f".{name}.tmp"), self._path(name)
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            with open(tmp, "wb") as stream:
-                write(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, final)
-            fsync_dir(self.directory)  # the rename itself
-            return
-        with self.fs.open_output_stream(tmp) as stream:  # object stores: a put is atomic
-            write(stream)
-        self.fs.move(tmp, final)
 
     def _write(self, name: str, obj: Any) -> int:
         self._put(name, lambda stream: torch.save(obj, stream))
@@ -155,6 +131,13 @@ class FoldCheckpoints:
         if not self.keep_states:
             self._prune(STATE, keep=set())
             self._prune(BEST, keep={self.best_epoch})  # those the states referred to, too
+
+    def drop_states(self) -> None:
+        """A fold that will never resume (stopped by early stopping, or its run ended): its
+        states go, and of its best weights only the newest, the fold's best, stays."""
+        self._prune(STATE, keep=set())
+        best = self._files(BEST)
+        self._prune(BEST, keep={max(best)} if best else set())
 
     def done(self) -> dict[str, Any] | None:
         """The last epoch's metrics if this fold has finished (a restarted trial need not train)."""

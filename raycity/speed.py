@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from raycity.errors import UserError
+
 SWITCH = ("auto", "on", "off")
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -87,3 +89,34 @@ def switch_value(value: object) -> str:
     if isinstance(value, bool):
         return "auto" if value else "off"
     return str(value)
+
+
+class DeviceError(UserError, RuntimeError):
+    """The device a fold was given cannot be used here (e.g. a GPU torch cannot see)."""
+
+
+def check_device(device: torch.device) -> None:
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"{device} was requested but torch {torch.__version__} in this process "
+                          f"sees {torch.cuda.device_count()} CUDA device(s); install a CUDA "
+                          f"build of torch on this node or use --gpus-per-trial 0")
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> int:
+    """Give each optimizer moment its parameter's memory layout; returns how many it changed.
+
+    CUDA's fused Adam refuses moments whose strides differ from their parameter's (and the CPU
+    kernel silently pairs the wrong elements), so a resumed optimizer must match the model's
+    layout whatever the saved state had: a state written before host copies kept strides, or
+    one trained with another --channels-last."""
+    changed = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                    changed += 1
+    return changed

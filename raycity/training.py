@@ -39,16 +39,12 @@ from raycity.folds import FoldSplit
 from raycity.metrics import iou_per_class, mean_iou
 from raycity.model import UNetResNet50, empty_model
 from raycity.snapshots import FoldCheckpoints
-from raycity.speed import Speed, resolve_speed
+from raycity.speed import Speed, check_device, match_layouts, resolve_speed
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 REPLAYED = "replayed"  # a result key: said before, said again after a resume (no new row)
 CUDA_PREFETCH = 4  # batches each loader worker keeps ready for a GPU
 NOTICE = "notice"  # a result key: one line for the user about this fold (e.g. a damaged state)
-
-
-class DeviceError(UserError, RuntimeError):
-    """The device a fold was given cannot be used here (e.g. a GPU torch cannot see)."""
 
 
 class FoldOutOfMemoryError(UserError, torch.OutOfMemoryError):
@@ -62,14 +58,6 @@ class FoldSteps:
 
     train: Callable[..., TrainStats] = train_one_epoch
     validate: Callable[..., EvalStats] = validate
-
-
-def check_device(device: torch.device) -> None:
-    if device.type == "cuda" and (not torch.cuda.is_available()
-                                  or (device.index or 0) >= torch.cuda.device_count()):
-        raise DeviceError(f"{device} was requested but torch {torch.__version__} in this process "
-                          f"sees {torch.cuda.device_count()} CUDA device(s); install a CUDA "
-                          f"build of torch on this node or use --gpus-per-trial 0")
 
 
 def cpu_split(cpus: float, device: torch.device, num_workers: int | None) -> tuple[int, int]:
@@ -106,25 +94,6 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     # fused Adam: one kernel over all 147 M parameters (on CPU ×14 faster than the for-loop)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=True)
-
-
-def match_layouts(optimizer: torch.optim.Optimizer) -> int:
-    """Give each optimizer moment its parameter's memory layout; returns how many it changed.
-
-    CUDA's fused Adam refuses moments whose strides differ from their parameter's (and the CPU
-    kernel silently pairs the wrong elements), so a resumed optimizer must match the model's
-    layout whatever the saved state had: a state written before host copies kept strides, or
-    one trained with another --channels-last."""
-    changed = 0
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if (isinstance(value, torch.Tensor) and value.shape == param.shape
-                        and value.stride() != param.stride()):
-                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-                    changed += 1
-    return changed
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):

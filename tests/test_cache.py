@@ -49,7 +49,7 @@ def test_training_uses_the_cache_automatically(tree):
     train, val = build_loaders(cfg, str(tree), split, torch.device("cpu"))
     assert isinstance(train.dataset.reader, CachedReader)
     assert isinstance(val.dataset.reader, CachedReader)
-    speed = fold_speed(cfg.replace(amp="on", channels_last="on"), torch.device("cpu"))
+    speed = fold_speed(cfg, torch.device("cpu"))
     model = build_model(cfg, speed)
     stats = train_one_epoch(model, train, build_optimizer(cfg, model), speed)
     assert stats.images == len(split.train) // 2 * 2 and np.isfinite(stats.loss)

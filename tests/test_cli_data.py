@@ -1,6 +1,6 @@
 """What the README promises for a run on real data, through the CLI: $CITYSCAPES_DATASET, `seed`
 as the default preset, the default run name, --group-by city, --skip-bad-samples to the end,
---num-workers 2 on the CPU and --keep-trial-checkpoints — one shared run."""
+--num-workers 1 on the CPU and --keep-trial-checkpoints — one shared run."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def data_run(ray_session, tmp_path_factory, tiny_cityscapes):
     try:
         with contextlib.redirect_stdout(console):
             code = cv.main(["--epochs", "1", "--image-size", "32x64", "--pretrained", "none",
-                            "--group-by", "city", "--skip-bad-samples", "--num-workers", "2",
+                            "--group-by", "city", "--skip-bad-samples", "--num-workers", "1",
                             "--keep-trial-checkpoints", "--output", str(out),
-                            "--cpus-per-trial", "0.6"])
+                            "--cpus-per-trial", "1"])
     finally:
         mp.undo()
     (run_dir,) = list(out.iterdir())
@@ -50,9 +50,9 @@ def test_the_dataset_comes_from_the_environment_with_the_seed_recipe(data_run):
     seed = PRESETS["seed"]
     assert (config["lr"], config["batch_size"]) == (seed["lr"], seed["batch_size"])
     assert (config["epochs"], config["image_size"], config["pretrained"]) == (1, [32, 64], "none")
-    assert config["num_workers"] == 2 and "DEMO" not in console
+    assert config["num_workers"] == 1 and "DEMO" not in console
     epochs = pd.read_parquet(run_dir / "epochs.parquet")  # what each fold really loaded with
-    assert (epochs["loader_workers"] == 2).all() and (epochs["torch_threads"] == 1).all()
+    assert (epochs["loader_workers"] == 1).all() and (epochs["torch_threads"] == 1).all()
 
 
 def test_group_by_city_keeps_each_city_in_one_fold(data_run):

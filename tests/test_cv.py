@@ -74,8 +74,8 @@ def test_folds_manifest_config_and_artifacts(demo_run):
     folds = json.loads((run_dir / "folds.json").read_text())
     assert folds["k"] == 3 and len(folds["folds"]) == 3
     vals = [set(f["val"]) for f in folds["folds"]]
-    assert not (vals[0] & vals[1]) and len(set().union(*vals)) == 6
     config = json.loads((run_dir / "config.json").read_text())
+    assert not (vals[0] & vals[1]) and len(set().union(*vals)) == config["synthetic_train"]
     assert config["epochs"] == EPOCHS and config["image_size"] == [32, 64]
     folds_logged = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
     assert folds_logged == ["cv_fold1", "cv_fold2", "cv_fold3"]

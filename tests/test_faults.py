@@ -20,7 +20,7 @@ from raycity.data.layout import IMAGE_SUFFIX
 from raycity.folds import make_folds
 from raycity.training import run_fold
 from raycity.tune.experiment import Variant, run_experiment
-from tests.conftest import SMOKE_EPOCHS
+from tests.conftest import FORCED_GPU_RECIPE, SMOKE_EPOCHS
 
 METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
 
@@ -29,7 +29,7 @@ def cv_process(out: Path, *extra: str, env: dict | None = None) -> subprocess.Po
     """`python -m raycity.cv` as a user starts it, in its own process (group)."""
     args = [sys.executable, "-m", "raycity.cv", "--preset", "smoke", "--epochs",
             str(SMOKE_EPOCHS), "--output", str(out), "--cpus-per-trial", "0.6", "--num-cpus", "2",
-            *extra]
+            *(FORCED_GPU_RECIPE if "--resume" not in extra else []), *extra]
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -82,7 +82,8 @@ def test_non_finite_loss_fails_its_fold_only(ray_session, tiny_cityscapes, tmp_p
     assert "NonFiniteLossError" in status[2] and "fold 2, epoch 1, lr 0.001" in status[2]
     assert sorted(rows(run_dir)["fold"].unique()) == [1]
     md = (run_dir / "summary.md").read_text()
-    assert "| 2 (failed: " in md and "leave out 1 failed fold" in md
+    assert "| 2 (failed) |" in md and "leave out 1 failed fold" in md
+    assert "fold 2 failed: NonFiniteLossError" in md
 
 
 def corrupt_one(root: Path) -> Path:
@@ -215,15 +216,18 @@ def test_a_users_mistake_inside_a_trial_fails_each_fold_once_in_one_line(
     out = capsys.readouterr()
     assert code == 1
     failed = [line for line in out.out.splitlines() if "FAILED" in line]
-    assert len(failed) == 3 and all(label.name in line and "[255]" in line for line in failed)
-    assert all("FAILED: DataError: " in line for line in failed), failed
+    # the error is said once; the other folds say they failed the same way
+    assert len(failed) == 3 and sum(label.name in line and "[255]" in line
+                                    for line in failed) == 1, failed
+    assert sum("the same error as fold" in line for line in failed) == 2, failed
+    assert out.out.count("[255]") == 2  # and once more, in Table 1's note: "all 3 folds …"
     assert "Traceback" not in out.out + out.err and "worker process" not in out.out + out.err
     state = json.loads(max((run_dir / "tune").glob("experiment_state-*.json")).read_text())
     failures = [json.loads(meta)["num_failures"] for _, meta in state["trial_data"]]
     assert failures == [1, 1, 1]  # never retried
     assert not (run_dir / "junk.txt").exists() and (run_dir / "run.json").is_file()
     table = (run_dir / "summary.md").read_text()
-    assert "| 1 (failed: DataError" in table
+    assert "| 1 (failed) |" in table and "all 3 folds failed: DataError" in table
     assert all(line.startswith("|") for line in table.split("\n\n")[1].splitlines()), table
 
 

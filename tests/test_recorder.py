@@ -116,3 +116,37 @@ def test_a_trial_started_after_tunes_last_snapshot_is_not_the_runs(tmp_path):
     snapshot = {"trial_data": [[json.dumps({"trial_id": "a1b2c_00000"}), "{}"]]}
     (experiment / "experiment_state-2026-11-29_08-00-00.json").write_text(json.dumps(snapshot))
     assert [r["hp_lr"] for r in trial_records(str(experiment), state)] == [1e-3]
+
+
+def test_a_fold_stopped_by_early_stopping_drops_its_states_at_once(tmp_path):
+    """Stopped at a rung it will never resume: its states go when Tune says it is complete;
+    a finished fold (done.json) and a run stopped by a signal keep theirs."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from raycity.snapshots import STATE_DIR
+    from raycity.tune.recorder import Recording, RunRecorder
+
+    def trial(name):
+        folder = tmp_path / name / STATE_DIR
+        folder.mkdir(parents=True)
+        for f in ("state-000001.pt", "state-000002.pt", "best-000001.pt", "best-000002.pt"):
+            (folder / f).write_bytes(b"x" * 100)
+        storage = SimpleNamespace(trial_fs_path=str(tmp_path / name),
+                                  storage_filesystem=pyarrow.fs.LocalFileSystem())
+        return SimpleNamespace(storage=storage), folder
+
+    recorder = RunRecorder()
+    recorder.run = Recording(tmp_path, None, print)
+    stopped, folder = trial("stopped")
+    recorder.drop_if_stopped(stopped)
+    assert sorted(p.name for p in folder.iterdir()) == ["best-000002.pt"]
+    finished, folder = trial("finished")
+    (folder / "done.json").write_text("{}")
+    recorder.drop_if_stopped(finished)
+    assert len(list(folder.iterdir())) == 5
+    recorder.run = Recording(tmp_path, None, print, stop=SimpleNamespace(signum=15))
+    interrupted, folder = trial("interrupted")
+    recorder.drop_if_stopped(interrupted)
+    assert len(list(folder.iterdir())) == 4

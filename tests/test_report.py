@@ -39,18 +39,25 @@ def test_figures_are_written_and_readable(run_dir):
         with Image.open(run_dir / "figures" / name) as im:
             im.verify()
         with Image.open(run_dir / "figures" / name) as im:
-            assert im.width >= 600 and im.height >= 200, name
+            assert im.width >= 600 and im.height >= 150, name
 
 
-def by_hand(model, image: torch.Tensor, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+def by_hand(model, image: torch.Tensor, size: tuple[int, int], flip: bool = False,
+            cfg=None) -> torch.Tensor:
     """Class probabilities at the image's own size, written out without raycity's inference
-    code: resize the uint8 image, scale, normalise, forward, upsample, softmax."""
+    code: resize the uint8 image, scale, normalise, forward (under the autocast and layout the
+    fold trained with: the suite trains with bf16 and channels-last forced on), upsample,
+    softmax."""
     x = TF.resize(image, list(size), antialias=True)[None].float() / 255
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     x = (x - mean) / std
-    with torch.no_grad():
-        logits = model(x.flip(-1) if flip else x).float()
+    x = x.flip(-1) if flip else x
+    on = cfg is not None and cfg.amp == "on"
+    if cfg is not None and cfg.channels_last == "on":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+        logits = model(x).float()
     logits = logits.flip(-1) if flip else logits
     up = torch.nn.functional.interpolate(logits, size=image.shape[-2:], mode="bilinear",
                                          align_corners=False)
@@ -74,7 +81,7 @@ def test_panel_shows_the_models_argmax(run_dir):
         image = torch.from_numpy(np.array(Image.open(sample.image_path).convert("RGB")))
         image = image.permute(2, 0, 1).contiguous()
         with threads_like_training(meta, torch.device("cpu")):  # the panel's numerics
-            argmax = by_hand(model, image, cfg.image_size).argmax(0).numpy()
+            argmax = by_hand(model, image, cfg.image_size, cfg=cfg).argmax(0).numpy()
         truth = to_train_ids(np.array(Image.open(sample.label_path)))
         expected_pred = CLASS_COLORS[argmax]
         expected_truth = np.where((truth == 255)[..., None], 0,
@@ -111,6 +118,33 @@ def test_report_command_rebuilds_from_saved_files(run_dir, tmp_path):
     assert report.main([str(tmp_path / "nothing")]) == 2
 
 
+def test_report_on_a_damaged_table_rebuilds_it_from_the_folds_records(run_dir, tmp_path,
+                                                                       capsys):
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures", "report.md"))
+    (copy / "epochs.parquet").write_bytes(b"PAR1 cut short")
+    (copy / "summary.parquet").unlink()
+    assert report.main([str(copy)]) == 0
+    said = capsys.readouterr().err
+    assert "epochs.parquet: unreadable" in said and "rebuilt 6 epoch row(s)" in said
+    assert "Traceback" not in said
+    rebuilt = pd.read_parquet(copy / "epochs.parquet").sort_values(["fold", "epoch"])
+    original = pd.read_parquet(run_dir / "epochs.parquet").sort_values(["fold", "epoch"])
+    assert rebuilt["miou_full"].tolist() == original["miou_full"].tolist()
+    assert (copy / "report.md").is_file()
+
+
+def test_a_folder_that_is_not_a_run_or_a_damaged_run_json_is_named(tmp_path, capsys):
+    assert evaluate.main(["--run", str(tmp_path)]) == 2
+    line = capsys.readouterr().err
+    assert f"{tmp_path}: not a raycity run (no run.json)" in line and "--data-root" not in line
+    from raycity.tune.rundir import RunError, RunState
+
+    (tmp_path / "run.json").write_text("{ cut")
+    with pytest.raises(RunError, match="run.json: damaged"):
+        RunState.load(tmp_path)
+
+
 def test_export_scores_like_cityscapesscripts(run_dir, tmp_path):
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
 
@@ -141,7 +175,7 @@ def test_the_ensemble_is_the_mean_of_the_folds_softmaxes(run_dir):
     cm = torch.zeros(19, 19, dtype=torch.int64)
     for sample in find_samples(root, "val"):
         image, truth = read_sample(sample)
-        p1, p2 = by_hand(m1, image, cfg.image_size), by_hand(m2, image, cfg.image_size)
+        p1, p2 = by_hand(m1, image, cfg.image_size, cfg=cfg), by_hand(m2, image, cfg.image_size, cfg=cfg)
         both = predict_probs([m1, m2], image, cfg)
         torch.testing.assert_close(both, (p1 + p2) / 2, atol=1e-5, rtol=1e-5)
         cm += confusion_matrix(((p1 + p2) / 2).argmax(0), truth)
@@ -170,14 +204,15 @@ def test_flip_and_multiscale_tta_average_the_right_views(run_dir):
     model, cfg = load_model(evaluate.run_checkpoints(run_dir)["fold1"], torch.device("cpu"))
     asym = Asymmetric(model)
     image, _ = read_sample(find_samples(evaluate.run_data_root(run_dir, None), "val")[0])
-    plain = by_hand(asym, image, cfg.image_size)
-    flipped_view = by_hand(asym, image, cfg.image_size, flip=True)
+    plain = by_hand(asym, image, cfg.image_size, cfg=cfg)
+    flipped_view = by_hand(asym, image, cfg.image_size, flip=True, cfg=cfg)
     assert (plain - flipped_view).abs().max() > 0.05  # the two views really differ
     torch.testing.assert_close(predict_probs([asym], image, cfg), plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(predict_probs([asym], image, cfg, TTA(flip=True)),
                                (plain + flipped_view) / 2, atol=1e-5, rtol=1e-5)
     h, w = cfg.image_size
-    scaled = [by_hand(asym, image, (max(32, round(h * s)), max(32, round(w * s))), flip=f)
+    scaled = [by_hand(asym, image, (max(32, round(h * s)), max(32, round(w * s))), flip=f,
+                      cfg=cfg)
               for s in (0.75, 1.0) for f in (False, True)]
     torch.testing.assert_close(predict_probs([asym], image, cfg, TTA(True, (0.75, 1.0))),
                                sum(scaled) / 4, atol=1e-5, rtol=1e-5)

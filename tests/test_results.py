@@ -47,7 +47,12 @@ def test_failed_fold_is_marked_and_left_out_of_the_mean():
     t = table1(summary).set_index("Fold")
     assert t.loc["Mean", "Low-Res mIoU"] == pytest.approx((0.6905 + 0.6696) / 2)
     md = table1_markdown(summary)
-    assert "| 3 (failed: loss is nan)" in md and "leave out 1 failed fold" in md
+    assert "| 3 (failed) |" in md and "leave out 1 failed fold" in md
+    assert "fold 3 failed: loss is nan" in md
+    every = summarize(seed_epochs(), {("cv", k): "failed: bad labels" for k in (1, 2, 3)})
+    every = every.assign(status="failed: bad labels")
+    md = table1_markdown(every)
+    assert md.count("bad labels") == 1 and "all 3 folds failed: bad labels" in md
 
 
 def test_epochs_frame_dedupes_retried_epochs_and_keeps_schema():

@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+import raycity.durable as durable
 import raycity.snapshots as snapshots
 from raycity.snapshots import FoldCheckpoints
 
@@ -200,7 +201,7 @@ def test_with_no_state_that_loads_the_fold_starts_over_and_says_so(tmp_path, clo
 def test_a_state_is_durable_before_its_name_appears_and_before_older_ones_go(tmp_path, clock,
                                                                              monkeypatch):
     events = []
-    real_fsync, real_replace = snapshots.os.fsync, snapshots.os.replace
+    real_fsync, real_replace = durable.os.fsync, durable.os.replace
 
     def fsync(fd):
         import os
@@ -211,8 +212,8 @@ def test_a_state_is_durable_before_its_name_appears_and_before_older_ones_go(tmp
         events.append(("rename", dst.rsplit("/", 1)[-1]))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(snapshots.os, "fsync", fsync)
-    monkeypatch.setattr(snapshots.os, "replace", replace)
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    monkeypatch.setattr(durable.os, "replace", replace)
     model, step, state = trainer()
     ck = FoldCheckpoints(str(tmp_path))
     delete = ck._delete
@@ -250,3 +251,15 @@ def test_a_finished_fold_keeps_its_best_weights_and_its_states_only_when_asked(t
     assert bool(files(ck, "state-")) is keep
     assert files(ck, "best-")[-1] == "best-000002.pt" and ck.done() == {"epoch": 2}
     assert len(files(ck, "best-")) == (2 if keep else 1)  # the state's best stays with it
+
+
+def test_a_fold_that_will_never_resume_drops_its_states_and_keeps_its_best(tmp_path, clock):
+    model, step, state = trainer()
+    ck = FoldCheckpoints(str(tmp_path))
+    for epoch in (1, 2, 3):
+        step()
+        ck.end_of_epoch(epoch, 0.1 * epoch, model.state_dict, lambda e=epoch: state(e),
+                        meta(epoch), sync=True)
+    assert files(ck, "state-") and len(files(ck, "best-")) >= 2
+    FoldCheckpoints(str(tmp_path)).drop_states()  # e.g. stopped at an early-stopping rung
+    assert files(ck, "state-") == [] and files(ck, "best-") == ["best-000003.pt"]

@@ -1,6 +1,8 @@
 """The GPU recipe's switches, run on the CPU: autocast precision, channels-last, loss scaling, and
 the host copies and resumes they must survive (a resumed channels-last fold on CUDA could not
-take its first step: its Adam moments came back in another layout)."""
+take its first step: its Adam moments came back in another layout). Every real smoke run of the
+suite (CV, kill and resume, the ASHA sweep, evaluate = Table 1) runs with `--amp on
+--channels-last on` (conftest.FORCED_GPU_RECIPE)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,10 @@ from raycity.data import find_samples
 from raycity.folds import FoldSplit
 from raycity.hostcopy import HostBuffers
 from raycity.snapshots import FoldCheckpoints
-from raycity.speed import resolve_speed
-from raycity.training import REPLAYED, build_model, build_optimizer, match_layouts, run_fold
+from raycity.speed import match_layouts, resolve_speed
+from raycity.training import build_model, build_optimizer, run_fold
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
-METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
 
 
 @pytest.mark.parametrize("amp, layout, device, precision, channels_last", [
@@ -118,36 +119,6 @@ def forced(tiny_cityscapes):
     return cfg, FoldSplit(1, tuple(keys[:2]), tuple(keys[2:3]))
 
 
-def test_forced_gpu_recipe_resumes_to_the_numbers_of_an_uninterrupted_fold(forced, tmp_path):
-    """bf16 autocast, channels-last and fused Adam on the CPU: a fold stopped after epoch 1,
-    its state written and read back, trains epochs 2 and 3 to the very numbers of a fold that
-    ran through — which fails if the moments come back in the wrong layout."""
-    cfg, fold = forced
-    through = []
-    run_fold(cfg, fold, cfg.data_root, lambda m, s: through.append(m), cpus=1)
-    assert {m["precision"] for m in through} == {"bf16"} and all(m["channels_last"]
-                                                                   for m in through)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_1(metrics, saved):
-        raise Stop
-
-    with pytest.raises(Stop):
-        run_fold(cfg, fold, cfg.data_root, stop_after_epoch_1, sync_epochs={1},
-                 checkpoints=FoldCheckpoints(str(tmp_path)), cpus=1)
-    resumed = []
-    run_fold(cfg, fold, cfg.data_root, lambda m, s: resumed.append(m), sync_epochs={1},
-             checkpoints=FoldCheckpoints(str(tmp_path)), cpus=1)
-    assert [(m["epoch"], m.get(REPLAYED, False)) for m in resumed] == [
-        (1, True), (2, False), (3, False)]
-    for epoch in (2, 3):
-        for key in METRICS:
-            assert resumed[epoch - 1][key] == pytest.approx(through[epoch - 1][key], rel=1e-6), \
-                (epoch, key)
-
-
 def test_fp16_with_loss_scaling_trains_and_resumes_its_scale(forced, tmp_path, monkeypatch):
     """The fp16 branch (GPUs without native bf16) run on the CPU: the GradScaler steps, and its
     scale travels in the state."""
@@ -157,12 +128,20 @@ def test_fp16_with_loss_scaling_trains_and_resumes_its_scale(forced, tmp_path, m
     cfg, fold = forced
     monkeypatch.setattr(training, "fold_speed",
                         lambda cfg, device: Speed(device, "fp16", channels_last=True))
+
+    class Stop(Exception):
+        pass
+
     said = []
-    run_fold(cfg.replace(epochs=2), fold, cfg.data_root, lambda m, s: said.append(m),
-             checkpoints=FoldCheckpoints(str(tmp_path), keep_states=True), sync_epochs={1, 2},
-             cpus=1)
-    assert [m["precision"] for m in said] == ["fp16", "fp16"]
-    assert all(np.isfinite(m["train_loss"]) for m in said)
+
+    def stop_after_epoch_1(metrics, saved):
+        said.append(metrics)
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_fold(cfg.replace(epochs=2), fold, cfg.data_root, stop_after_epoch_1,
+                 checkpoints=FoldCheckpoints(str(tmp_path)), sync_epochs={1}, cpus=1)
+    assert said[0]["precision"] == "fp16" and np.isfinite(said[0]["train_loss"])
     state = FoldCheckpoints(str(tmp_path)).resume()
     assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
 
@@ -175,3 +154,44 @@ def test_compiled_fold_on_the_cpu(forced):
     run_fold(cfg.replace(epochs=1, compile=True), fold, cfg.data_root,
              lambda m, s: said.append(m), cpus=2)
     assert said[0]["compiled"] and np.isfinite(said[0]["train_loss"])
+
+
+def test_a_cuda_device_torch_cannot_see_is_one_clear_error(monkeypatch):
+    from raycity.speed import DeviceError, check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device(torch.device("cuda", 0))
+    with pytest.raises(DeviceError, match="cuda:1 was requested .* sees 1 CUDA device"):
+        check_device(torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="--gpus-per-trial 0"):
+        check_device(torch.device("cuda", 0))
+
+
+def test_in_process_commands_pick_the_gpu_when_there_is_one(monkeypatch):
+    from raycity.engine import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device() == CPU
+
+
+def test_the_writer_waits_for_the_device_copies_before_it_starts(tmp_path, monkeypatch):
+    """Host copies from a GPU are asynchronous: the device is synchronised before the writer
+    thread reads the buffers (torch.cuda stood in)."""
+    import raycity.snapshots as snapshots
+
+    order = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: order.append("synchronize"))
+    ck = FoldCheckpoints(str(tmp_path))
+    start = ck._start
+    monkeypatch.setattr(ck, "_start", lambda job: (order.append("writer"), start(job)))
+    weights = {"w": torch.ones(3)}
+    ck.end_of_epoch(1, 0.5, lambda: weights, lambda: {"model": weights, "epoch": 1,
+                                                       "meta": {}}, {}, sync=True)
+    assert order == ["synchronize", "writer"]
+    assert snapshots.FoldCheckpoints  # the module under test

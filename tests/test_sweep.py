@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from raycity import evaluate, predict, sweep
+from tests.conftest import FORCED_GPU_RECIPE
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def sweep_run(ray_session, tmp_path_factory, tiny_cityscapes):
                      "scheduler:\n  asha: {grace_period: 1, reduction_factor: 2}\n")
     code = sweep.main(["--space", str(space), "--preset", "smoke", "--epochs", "2",
                        "--folds", "2", "--data-root", str(tiny_cityscapes), "--max-concurrent",
-                       "1", "--output", str(out), "--name", "mixed", "--cpus-per-trial", "0.5"])
+                       "1", "--output", str(out), "--name", "mixed", "--cpus-per-trial", "0.5",
+                       *FORCED_GPU_RECIPE[:4]])  # folds paused at the rung resume forced
     return code, out / "mixed"
 
 

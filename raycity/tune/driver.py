@@ -112,19 +112,62 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                        f"with `ray start --head` or omit --address") from err
 
 
+def probe_storage(uri: str, timeout_s: float = 10.0) -> None:
+    """--storage-path must take a file before trials launch: an s3:// bucket without network
+    or credentials would otherwise stall the run. A small file is created, read back and
+    deleted, in a thread given `timeout_s` (a client may retry for minutes)."""
+    import threading
+
+    outcome: dict[str, BaseException | bool] = {}
+
+    def attempt() -> None:
+        try:
+            import pyarrow.fs
+
+            fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+            path = path.rstrip("/")
+            probe = f"{path}/.raycity-probe-{os.getpid()}"
+            fs.create_dir(path, recursive=True)
+            with fs.open_output_stream(probe) as stream:
+                stream.write(b"raycity")
+            with fs.open_input_stream(probe) as stream:
+                if stream.read() != b"raycity":
+                    raise OSError("what was written did not read back")
+            fs.delete_file(probe)
+            outcome["ok"] = True
+        except BaseException as err:  # reported below, in the driver's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=attempt, name="raycity-storage-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "error" in outcome:
+        raise RunError(f"--storage-path {uri}: cannot write there ({brief(outcome['error'])})")
+    if not outcome.get("ok"):
+        raise RunError(f"--storage-path {uri}: no answer in {timeout_s:g} s (network, "
+                       f"credentials or endpoint?); check it, or omit the flag to keep the "
+                       f"run's files under --output")
+
+
 class StopSignals:
-    """SIGINT and SIGTERM as a request to stop. Outside Tune's loop they raise `Interrupted` at
-    once; inside it the recorder forwards them to Tune (SIGUSR1, its graceful stop) from Tune's
-    own loop, and `Interrupted` is raised once Tune has saved its state. A second signal does
-    not wait."""
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal) as a request to stop. Outside Tune's loop
+    the first raises `Interrupted` at once; inside it the recorder forwards it to Tune (SIGUSR1,
+    its graceful stop) from Tune's own loop, and `Interrupted` is raised once Tune has saved its
+    state. A second signal (what `timeout -k`, Kubernetes and impatient users send) is absorbed
+    with one line: raised inside Ray's core worker it would end in its traceback. A third ends
+    the process at once, with the same line and exit code; what was written stays consistent
+    and `--resume` continues it."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self) -> None:
+    def __init__(self, say: Any = None, end: Any = None) -> None:
         self.signum: int | None = None
+        self.received = 0
         self.in_tune = False
         self.forwarded = False
         self._saved: dict[int, Any] = {}
+        self._say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._end = end or os._exit
 
     def install(self) -> None:
         """(Again) after `ray.init`, which sets a SIGTERM handler of its own."""
@@ -138,10 +181,20 @@ class StopSignals:
         self._saved.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        first = self.signum is None
-        self.signum = self.signum or signum
-        if not self.in_tune or not first:
-            raise Interrupted(self.signum)
+        self.received += 1
+        if self.received == 1:
+            self.signum = signum
+            if not self.in_tune:
+                raise Interrupted(signum)
+            return
+        name = signal.Signals(signum).name
+        if self.received == 2:
+            self._say(f"{name}: already stopping, saving what --resume needs (send it once more "
+                      f"to end at once)")
+            return
+        self._say(f"interrupted ({name}) again: ending now; the tables are consistent up to "
+                  f"the last epoch; continue with --resume")
+        self._end(128 + (self.signum or signum))
 
     def forward_to_tune(self) -> None:
         """Called from Tune's loop: a pending stop becomes Tune's graceful stop (once)."""

@@ -19,14 +19,13 @@ from raycity.data import find_samples
 from raycity.data.cache import cache_problem
 from raycity.data.layout import check_pairs
 from raycity.data.synthetic import dataset_root
-from raycity.errors import short_error
+from raycity.errors import failure_message
 from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
 from raycity.model import check_pretrained
 from raycity.results import atomic_write_text
 from raycity.runlock import RunLock
-from raycity.snapshots import FoldCheckpoints
 from raycity.training import run_fold
-from raycity.tune.driver import RayLogs, StopSignals, connect_ray
+from raycity.tune.driver import RayLogs, StopSignals, connect_ray, probe_storage
 from raycity.tune.recorder import RunRecorder, SchedulerState, recording, trial_key
 from raycity.tune.resources import (
     TrialPlan,
@@ -37,6 +36,7 @@ from raycity.tune.resources import (
 )
 from raycity.tune.rundir import (
     EXPERIMENT_NAME,
+    RunError,
     RunState,
     Variant,
     check_resume_flags,
@@ -46,7 +46,8 @@ from raycity.tune.rundir import (
 )
 from raycity.tune.searcher import SearchPlan, fan_out
 from raycity.tune.tables import load_epochs, load_status, write_tables
-from raycity.tune.trainable import STATE_DIR, train_fold
+from raycity.tune.trainable import train_fold
+from raycity.tune.trialfiles import drop_trial_checkpoints, export_best
 
 __all__ = ["Variant", "run_experiment"]
 
@@ -133,6 +134,8 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
     if state.synthetic:
         echo(banner(state.data_root))
 
+    if state.storage:
+        probe_storage(state.storage)  # in seconds, before Ray and any trial start
     started = connect_ray(opts)
     stop.install()  # ray.init sets a SIGTERM handler of its own …
     logs.apply()  # … and resets the "ray" logger
@@ -140,6 +143,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         # at most --max-concurrent configurations are in flight: their folds share the CPUs
         in_flight = min(configurations, (search and search.max_concurrent) or configurations)
         plan = resource_plan(heaviest(cfg, tuned_limits(state)), opts, in_flight * len(folds))
+        check_workers(cfg, plan)
         echo(f"{configurations * len(folds)} trial(s), {plan.concurrent} at a time; each "
              f"{plan.cpus:g} CPU(s), {plan.gpus:g} GPU(s), {plan.memory / 2**30:.1f} GiB")
         if search is not None and search.max_concurrent is None:  # keep every trial slot busy
@@ -164,7 +168,8 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
                                  keep_states=opts.keep_trial_checkpoints),
             {"cpu": plan.cpus, "gpu": plan.gpus, "memory": plan.memory})
         t0 = time.time()
-        with recording(run_dir, state, echo, stop), stop.tune_loop():
+        with recording(run_dir, state, echo, stop, opts.keep_trial_checkpoints), \
+                stop.tune_loop():
             path = state.experiment_path(run_dir)
             if opts.resume and tune.Tuner.can_restore(path):
                 tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
@@ -177,14 +182,17 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         for result in grid:
             key = (result.config["variant"]["config_id"], int(result.config["fold"]))
             if result.error is not None:
-                status[key] = f"failed: {short_error(result.error)}"
+                status[key] = f"failed: {failure_message(result.error)}"
             else:
                 export_best(run_dir, state, key, result)
         if not status:
             state.finished = True
             atomic_write_text(run_dir / "run.json", state.to_json())
-            if not opts.keep_trial_checkpoints:
-                for result in grid:
+        if not opts.keep_trial_checkpoints:
+            # every fold that did not fail is done for good (finished, or stopped early) and
+            # exported: its states are only disk; a failed fold keeps its own for --resume
+            for result in grid:
+                if result.error is None:
                     drop_trial_checkpoints(result)
     finally:
         if started:
@@ -192,6 +200,16 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
 
             ray.shutdown()
     return run_dir, write_tables(run_dir, state, load_epochs(run_dir, state, echo), status)
+
+
+def check_workers(cfg: Config, plan: TrialPlan) -> None:
+    """More loader workers than a fold has CPUs only slow it (5× measured at 100 on 2 cores)
+    and take memory; refused before anything launches."""
+    most = max(1, int(plan.cpus))
+    if cfg.num_workers is not None and cfg.num_workers > most:
+        raise RunError(f"--num-workers {cfg.num_workers}: each fold gets {plan.cpus:g} CPU(s) "
+                       f"here; use at most {most} (or --cpus-per-trial more), or omit the flag "
+                       f"to follow the CPUs")
 
 
 def tuned_limits(state: RunState) -> list[dict[str, Any]]:
@@ -245,47 +263,6 @@ def build_tuner(trainable: Any, state: RunState, run_dir: Path, folds: Sequence[
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks, verbose=0),
     )
-
-
-def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: Any) -> None:
-    """The fold's best weights (with their config, fold, epoch and metrics), written by the trial
-    into its storage, as checkpoints/[<config>_]fold<k>.pt."""
-    import pyarrow.fs
-
-    fs = result.filesystem
-    best = FoldCheckpoints(f"{result.path}/{STATE_DIR}", fs).best_file()
-    if best is None:
-        return
-    prefix = "" if state.kind == "cv" else f"{key[0]}_"
-    target = run_dir / "checkpoints" / f"{prefix}fold{key[1]}.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:  # on the same disk, a second name for the file (590 MB not copied, not stored twice)
-        if not isinstance(fs, pyarrow.fs.LocalFileSystem):
-            raise OSError("remote storage")
-        os.link(best, tmp)
-    except OSError:
-        pyarrow.fs.copy_files(best, str(tmp), source_filesystem=fs,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
-    os.replace(tmp, target)
-
-
-def drop_trial_checkpoints(result: Any) -> None:
-    """The state files (1.8 GB each: weights + Adam state), the best weights (exported) and
-    Tune's pointers exist to resume; once every fold has finished they are only disk. The
-    folds' epoch records (a few bytes each) stay."""
-    import pyarrow.fs
-
-    fs = result.filesystem
-    selector = pyarrow.fs.FileSelector(result.path, allow_not_found=True, recursive=True)
-    for info in fs.get_file_info(selector):
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            fs.delete_dir_contents(info.path, missing_dir_ok=True)
-            fs.delete_dir(info.path)
-        elif info.type == pyarrow.fs.FileType.File and info.path.endswith(".pt") and \
-                f"/{STATE_DIR}/" in info.path:
-            fs.delete_file(info.path)
 
 
 def banner(root: str) -> str:

@@ -17,12 +17,13 @@ from typing import Any
 
 from ray import tune
 
-from raycity.errors import short_error
+from raycity.errors import failure_message
 from raycity.results import (
     EPOCH_COLUMNS,
     atomic_write_text,
     epochs_frame,
 )
+from raycity.snapshots import STATE_DIR, FoldCheckpoints
 from raycity.training import NOTICE, REPLAYED
 from raycity.tune.driver import StopSignals
 from raycity.tune.rundir import RunState
@@ -36,6 +37,7 @@ class Recording:
     state: RunState
     echo: Callable[[str], None]
     stop: StopSignals | None = None
+    keep_states: bool = False  # --keep-trial-checkpoints
 
 
 _current: Recording | None = None
@@ -43,10 +45,10 @@ _current: Recording | None = None
 
 @contextlib.contextmanager
 def recording(run_dir: Path, state: RunState, echo: Callable[[str], None],
-              stop: StopSignals | None = None) -> Iterator[None]:
+              stop: StopSignals | None = None, keep_states: bool = False) -> Iterator[None]:
     """The run that recorders in this driver write to while Tune runs."""
     global _current
-    _current = Recording(run_dir, state, echo, stop)
+    _current = Recording(run_dir, state, echo, stop, keep_states)
     try:
         yield
     finally:
@@ -141,9 +143,12 @@ class RunRecorder(tune.Callback):
         key = trial_key(trial)
         if trial.trial_id in self.retries:  # give a later --resume its usual retries back
             trial.max_failures = self.retries.pop(trial.trial_id)
-        message = self.user_errors.get(key) or short_error(trial.get_error())
+        message = self.user_errors.get(key) or failure_message(trial.get_error(),
+                                                                 trial.num_failures)
+        before = [k for k, v in self.status.items() if v == f"failed: {message}" and k != key]
         self.status[key] = f"failed: {message}"
-        self.run.echo(f"[{who(self.run.state, key)}] FAILED: {message}")
+        said = f"the same error as {who(self.run.state, before[0])}" if before else message
+        self.run.echo(f"[{who(self.run.state, key)}] FAILED: {said}")
         self.flush()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
@@ -154,7 +159,22 @@ class RunRecorder(tune.Callback):
                       f"{trial.max_failures}, --max-failures)")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.drop_if_stopped(trial)
         self.flush()
+
+    def drop_if_stopped(self, trial: Any) -> None:
+        """A fold that ends without its own record of finishing was stopped by early stopping:
+        it will never resume, so its states (1.8 GB each for the seed model) go now, not at the
+        end of a sweep that may run for days; its best weights stay for the export."""
+        if self.run.keep_states or (self.run.stop is not None and self.run.stop.signum):
+            return  # a run being stopped by a signal ends trials that will resume
+        storage = getattr(trial, "storage", None)
+        if storage is None:
+            return
+        checkpoints = FoldCheckpoints(f"{storage.trial_fs_path}/{STATE_DIR}",
+                                      storage.storage_filesystem)
+        if checkpoints.done() is None:
+            checkpoints.drop_states()
 
     def on_experiment_end(self, trials, **info) -> None:
         for writer in self.writers.values():

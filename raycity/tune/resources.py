@@ -17,7 +17,9 @@ from raycity.tune.rundir import RunError
 GIB = 2**30
 RUNTIME_BYTES = GIB // 2  # torch, the Ray worker and the loader, measured ≈ 0.5 GiB of RSS
 ACTIVATIONS_512x1024_B2 = 4.86 * GIB  # saved for backward in fp32 (benchmarks/memory.py)
-WORKER_BYTES = 400 * 2**20  # one loader worker's own memory, decoding 2048×1024 pairs (measured)
+# one loader worker's own memory: 59-90 MiB private (smaps_rollup) measured per worker decoding
+# 2048×1024 pairs for the seed's 512×1024 (the rest of its ≈ 500 MiB RSS is torch, shared)
+WORKER_BYTES = 128 * 2**20
 FULL_LABEL = (1024, 2048)  # Cityscapes' label size
 
 

@@ -63,11 +63,22 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
-        try:
-            raw = json.loads((run_dir / "run.json").read_text())
-            config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
-        except (OSError, ValueError, UserError) as err:
-            raise RunError(f"{run_dir}: not a raycity run that can be resumed ({brief(err)})") from err
+        if not (run_dir / "run.json").is_file():
+            raise RunError(f"{run_dir}: not a raycity run (no run.json); pass the folder of a "
+                           f"run, e.g. results/<name>")
+        raw, config = None, None
+        for name in ("run.json", "config.json"):
+            try:
+                loaded = json.loads((run_dir / name).read_text())
+                if name == "run.json":
+                    if not isinstance(loaded, dict) or "kind" not in loaded:
+                        raise ValueError("not the run.json of a raycity run")
+                    raw = loaded
+                else:
+                    config = Config.from_dict(loaded)
+            except (OSError, ValueError, UserError, KeyError, TypeError) as err:
+                raise RunError(f"{run_dir / name}: damaged ({brief(err)}); it cannot be "
+                               f"rebuilt — restore it from a copy of the run") from err
         storage = raw.get("storage")
         if "storage_path" in raw and raw["experiment_name"] != EXPERIMENT_NAME:
             storage = raw["storage_path"]  # written by raycity 0.1 for shared storage

@@ -21,9 +21,8 @@ from raycity.results import (
     summarize,
     table1_markdown,
 )
-from raycity.snapshots import FoldCheckpoints
+from raycity.snapshots import STATE_DIR, FoldCheckpoints
 from raycity.tune.rundir import RunState
-from raycity.tune.trainable import STATE_DIR
 
 # a trial's folder, `<config>_fold<k>_<trial id>` (a trial id may hold '_': `c05b1_00000`)
 TRIAL_DIR = re.compile(r"^.+?_fold\d+_(.+)$")

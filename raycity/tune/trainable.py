@@ -16,10 +16,9 @@ from ray import tune
 from raycity.config import Config
 from raycity.errors import UserError, short_error
 from raycity.folds import FoldSplit
-from raycity.snapshots import FoldCheckpoints
+from raycity.snapshots import STATE_DIR, FoldCheckpoints
 from raycity.training import run_fold
 
-STATE_DIR = "raycity"  # inside each trial's storage directory: state-*.pt, best-*.pt
 POINTER = "state.json"  # what Tune's own (tiny) checkpoint holds: the name of a state file
 USER_ERROR = "user_error"  # a result key: this trial is about to fail for a reason a retry repeats
 
