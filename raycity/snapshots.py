@@ -15,14 +15,15 @@ Ray Tune copy it once more — cost ≈ 20 % of such an epoch. Here:
   written before the epoch is reported.
 
 On disk, in `directory`: `state-<epoch>.pt` (at most three: the two newest complete ones, each
-made durable before older files go, and the one being written), `best-<epoch>.pt`, and a few bytes per epoch: `epoch-<epoch>.json` (the metrics,
-with `labels`) and `done.json` once the fold has finished — the fold's own record, which a
-scheduler's or a driver's bookkeeping cannot lose. A crash loses the training since the newest
-complete state began: states start at epoch ends at least 1 / budget × W apart (W the write
-time), so less than (1 / budget + 1) × W + 1 epoch, the epoch in progress included. Resuming takes
-the newest state that loads (a damaged one is deleted and said, and the previous one tried),
-whatever a scheduler was told; files a crash left (temporary files, best weights newer than that
-state, which will be recomputed) are removed first.
+made durable before older files go, and the one being written), `best-<epoch>.pt`, and a few
+bytes per epoch: `epoch-<epoch>.json` (the metrics, with `labels`) and `done.json` once the fold
+has finished — the fold's own record, which a scheduler's or a driver's bookkeeping cannot lose.
+A crash loses the training since the newest complete state began: states start at epoch ends at
+least 1 / budget × W apart (W the write time), so less than (1 / budget + 1) × W + 1 epoch, the
+epoch in progress included. Resuming takes the newest state that loads (a damaged one is deleted
+and said, and the previous one tried), whatever a scheduler was told; files a crash left
+(temporary files, best weights newer than that state, which will be recomputed) are removed
+first.
 """
 
 from __future__ import annotations
