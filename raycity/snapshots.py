@@ -28,9 +28,6 @@ first.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -41,15 +38,9 @@ import pyarrow.fs as pafs
 import torch
 
 from raycity.checkpoint import CheckpointError, load_checkpoint
-from raycity.durable import put_durably
-from raycity.errors import brief, storage_error
-from raycity.hostcopy import HostBuffers, tensor_bytes
-
-STATE_DIR = "raycity"  # inside each trial's storage folder: state-*.pt, best-*.pt, records
-STATE = re.compile(r"^state-(\d+)\.pt$")
-BEST = re.compile(r"^best-(\d+)\.pt$")
-RECORD = re.compile(r"^epoch-(\d+)\.json$")
-DONE = "done.json"
+from raycity.errors import brief
+from raycity.foldfiles import BEST, DONE, RECORD, STATE, FoldFiles
+from raycity.hostcopy import HostBuffers
 
 
 @dataclass
@@ -61,17 +52,15 @@ class EpochSave:
     saved: str | None = None  # a state file that completed since the last report
 
 
-class FoldCheckpoints:
+class FoldCheckpoints(FoldFiles):
     """Where one fold keeps the state it resumes from and the best weights it ends with."""
 
     def __init__(self, directory: str, filesystem: pafs.FileSystem | None = None, *,
                  budget: float = 0.05, labels: dict[str, Any] | None = None,
                  keep_states: bool = False) -> None:
-        self.fs = filesystem or pafs.LocalFileSystem()
+        super().__init__(directory, filesystem, labels=labels)
         self.keep_states = keep_states
-        self.directory = directory.rstrip("/")
         self.budget = budget
-        self.labels = labels or {}  # written into every record (e.g. which configuration)
         self.best_epoch, self.best_score = 0, float("-inf")
         self._best_on_disk = 0  # epoch of the newest best-*.pt written
         self._best: dict | None = None  # host copy of the best weights + metadata
@@ -86,46 +75,6 @@ class FoldCheckpoints:
         self._complete: list[tuple[int, int]] = []
         self.notice: str | None = None  # one line for the user from `resume` (a damaged state)
 
-    # -- files ------------------------------------------------------------------------------------
-    def _path(self, name: str) -> str:
-        return f"{self.directory}/{name}"
-
-    def _files(self, pattern: re.Pattern) -> dict[int, str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.directory, allow_not_found=True))
-        return {int(m.group(1)): i.base_name for i in infos
-                if i.type == pafs.FileType.File and (m := pattern.match(i.base_name))}
-
-    def _put(self, name: str, write: Callable[[Any], Any]) -> None:
-        """Written under a temporary name, made durable, then renamed: a reader never sees half
-        a file, and after a power loss the new name holds the whole file or is absent. (The
-        directory is made here, not on construction: reading a fold's files creates nothing.)"""
-        try:
-            put_durably(self.fs, self.directory, name, write)
-        except OSError as err:
-            self._delete(f".{name}.tmp")
-            if (full := storage_error(err, self._path(name))) is not None:
-                raise full from err
-            raise
-
-    def _write(self, name: str, obj: Any) -> int:
-        self._put(name, lambda stream: torch.save(obj, stream))
-        return tensor_bytes(obj)
-
-    def _delete(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.delete_file(self._path(name))
-
-    def _write_json(self, name: str, obj: Any) -> None:
-        self._put(name, lambda stream: stream.write(json.dumps(obj, default=float).encode()))
-
-    def _read_json(self, name: str) -> Any:
-        with self.fs.open_input_stream(self._path(name)) as stream:
-            return json.loads(stream.read())
-
-    def record(self, metrics: dict[str, Any]) -> None:
-        """The epoch's metrics, durably, beside the states."""
-        self._write_json(f"epoch-{int(metrics['epoch']):06d}.json", {**self.labels, **metrics})
-
     def mark_done(self, metrics: dict[str, Any]) -> None:
         """A finished fold is resumed from this record, not from a state: its states (1.8 GB
         each for the seed model; a sweep's finished folds add up) go, unless asked to stay."""
@@ -133,36 +82,6 @@ class FoldCheckpoints:
         if not self.keep_states:
             self._prune(STATE, keep=set())
             self._prune(BEST, keep={self.best_epoch})  # those the states referred to, too
-
-    def drop_states(self) -> None:
-        """A fold that will never resume (stopped by early stopping, or its run ended): its
-        states go, and of its best weights only the newest, the fold's best, stays."""
-        self._prune(STATE, keep=set())
-        best = self._files(BEST)
-        self._prune(BEST, keep={max(best)} if best else set())
-
-    def done(self) -> dict[str, Any] | None:
-        """The last epoch's metrics if this fold has finished (a restarted trial need not train)."""
-        try:
-            return self._read_json(DONE)
-        except (FileNotFoundError, OSError, ValueError):
-            return None
-
-    def recorded(self, epoch: int) -> dict[str, Any] | None:
-        """The metrics this fold recorded for `epoch` (without the labels), if it did."""
-        try:
-            record = self._read_json(f"epoch-{epoch:06d}.json")
-        except (FileNotFoundError, OSError, ValueError):
-            return None
-        return {k: v for k, v in record.items() if k not in self.labels}
-
-    def records(self) -> list[dict[str, Any]]:
-        return [self._read_json(name) for name in self._files(RECORD).values()]
-
-    def best_file(self) -> str | None:
-        """Path of the newest best weights on disk (after `close`, the fold's best epoch)."""
-        best = self._files(BEST)
-        return self._path(best[max(best)]) if best else None
 
     # -- resume -----------------------------------------------------------------------------------
     def resume(self, map_location: str | torch.device = "cpu") -> dict | None:
@@ -262,11 +181,6 @@ class FoldCheckpoints:
         for _, best in self._complete:
             keep |= {best} if best >= 0 else {e for e in self._files(BEST) if e <= -best}
         return keep
-
-    def _prune(self, pattern: re.Pattern, keep: set[int]) -> None:
-        for epoch, name in self._files(pattern).items():
-            if epoch not in keep:
-                self._delete(name)
 
     def _job(self, epoch: int, snapshot: dict) -> Callable[[], None]:
         write_best = self._best is not None and self._best_on_disk != self.best_epoch

@@ -157,14 +157,14 @@ def test_a_second_cv_on_a_held_run_is_one_line_and_deletes_nothing(tmp_path, cap
 
 
 def test_a_full_disk_under_a_state_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    import raycity.snapshots as snapshots
+    import raycity.foldfiles as foldfiles
 
     ck = FoldCheckpoints(str(tmp_path / "fold"))
 
     def full(fs, directory, name, write):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(snapshots, "put_durably", full)
+    monkeypatch.setattr(foldfiles, "put_durably", full)
     with pytest.raises(StorageError) as err:
         ck.record({"epoch": 1})
     message = str(err.value)

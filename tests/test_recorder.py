@@ -125,7 +125,7 @@ def test_a_fold_stopped_by_early_stopping_drops_its_states_at_once(tmp_path):
 
     import pyarrow.fs
 
-    from raycity.snapshots import STATE_DIR
+    from raycity.foldfiles import STATE_DIR
     from raycity.tune.recorder import Recording, RunRecorder
 
     def trial(name):

@@ -18,12 +18,13 @@ from typing import Any
 from ray import tune
 
 from raycity.errors import failure_message
+from raycity.foldfiles import STATE_DIR
 from raycity.results import (
     EPOCH_COLUMNS,
     atomic_write_text,
     epochs_frame,
 )
-from raycity.snapshots import STATE_DIR, FoldCheckpoints
+from raycity.snapshots import FoldCheckpoints
 from raycity.training import NOTICE, REPLAYED
 from raycity.tune.driver import StopSignals
 from raycity.tune.rundir import RunState

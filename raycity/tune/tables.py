@@ -13,6 +13,7 @@ import pandas as pd
 
 from raycity.data.layout import first_label_size
 from raycity.errors import brief
+from raycity.foldfiles import STATE_DIR
 from raycity.results import (
     EPOCH_COLUMNS,
     atomic_write_parquet,
@@ -21,7 +22,7 @@ from raycity.results import (
     summarize,
     table1_markdown,
 )
-from raycity.snapshots import STATE_DIR, FoldCheckpoints
+from raycity.snapshots import FoldCheckpoints
 from raycity.tune.rundir import RunState
 
 # a trial's folder, `<config>_fold<k>_<trial id>` (a trial id may hold '_': `c05b1_00000`)

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from raycity.snapshots import STATE_DIR, FoldCheckpoints
+from raycity.foldfiles import STATE_DIR
+from raycity.snapshots import FoldCheckpoints
 from raycity.tune.rundir import RunState
 
 
