@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from raycity.config import PRESETS, Config, ConfigError, RunOptions, preset
-from raycity.errors import UserError, find_storage_error
+from raycity.errors import Interrupted, UserError, find_storage_error
+from raycity.mlflowsetup import INSTALL
+from raycity.run import RunDir
 from raycity.speed import SWITCH
-from raycity.tune.driver import Interrupted
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -98,6 +99,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--keep-trial-checkpoints", action="store_true",
                      help="keep Tune's per-epoch checkpoints after a run that finished cleanly "
                           "(default: only each fold's best model is kept, in checkpoints/)")
+    track = parser.add_argument_group("tracking")
+    track.add_argument("--mlflow", action="store_true",
+                       help="log the run to MLflow: a parent run with a child per fold "
+                            f"(needs {INSTALL})")
+    track.add_argument("--mlflow-uri", metavar="URI",
+                       help="tracking URI (implies --mlflow; default: $MLFLOW_TRACKING_URI, "
+                            "else sqlite:///<output>/mlflow.db, shared by the runs there)")
+    track.add_argument("--mlflow-experiment", metavar="NAME", default="raycity",
+                       help="MLflow experiment (default: raycity)")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--address", help="join a Ray cluster: auto | HOST:PORT | ray://HOST:PORT")
     cluster.add_argument("--storage-path",
@@ -174,7 +184,9 @@ def build_options(args: argparse.Namespace, preset_name: str) -> RunOptions:
                       gpus_per_trial=gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
                       dashboard_host=args.dashboard_host, max_failures=args.max_failures,
                       keep_trial_checkpoints=args.keep_trial_checkpoints, ray_logs=args.ray_logs,
-                      resume=bool(args.resume), overwrite=args.overwrite)
+                      resume=bool(args.resume), overwrite=args.overwrite,
+                      mlflow=args.mlflow or bool(args.mlflow_uri), mlflow_uri=args.mlflow_uri,
+                      mlflow_experiment=args.mlflow_experiment)
 
 
 def guarded(args: argparse.Namespace, command: str,
@@ -221,7 +233,7 @@ def interrupted(opts: RunOptions | None, signum: int = signal.SIGINT,
     """One line for a stopped run, and the shell's exit code for it."""
     name = signal.Signals(signum).name
     run_dir = Path(opts.run_dir) if opts is not None else None
-    if run_dir is not None and (run_dir / "run.json").is_file():
+    if run_dir is not None and RunDir(run_dir).is_run():
         print(f"\ninterrupted ({name}): the tables in {run_dir} are consistent up to the last "
               f"epoch; continue with: {command} --resume {run_dir}", file=sys.stderr)
     else:

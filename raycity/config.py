@@ -177,6 +177,9 @@ class RunOptions:
     keep_trial_checkpoints: bool = False
     resume: bool = False
     overwrite: bool = False
+    mlflow: bool = False  # log to MLflow from the driver (raycity.tracking)
+    mlflow_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else <output>/mlflow.db
+    mlflow_experiment: str = "raycity"
 
     @property
     def run_dir(self) -> str:

@@ -29,17 +29,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def cross_validate(cfg: Config, explicit: dict[str, Any], opts: RunOptions) -> int:
     from raycity.report import write_report
+    from raycity.run import RunDir
+    from raycity.tracking import tracker_for
     from raycity.tune.experiment import Variant, run_experiment
 
-    run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], explicit=explicit)
+    tracker = tracker_for(opts.run_dir, opts.output, opts.mlflow, opts.mlflow_uri,
+                          opts.mlflow_experiment, opts.resume)
+    run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], explicit=explicit,
+                                      tracker=tracker)
     if summary is None:
         return fail(f"{run_dir}: no fold reported a single epoch")
     write_report(run_dir)
+    if tracker is not None:
+        tracker.finish(summary)
     print()
-    print((run_dir / "summary.md").read_text())
-    print(f"results: {run_dir}\n  pandas: pd.read_parquet('{run_dir}/epochs.parquet')\n"
-          f"  report: {run_dir}/report.md, figures in {run_dir}/figures/\n"
-          f"  tensorboard --logdir {run_dir}/tensorboard")
+    files = RunDir(run_dir)
+    print(files.summary_md.read_text())
+    print(f"results: {run_dir}\n  pandas: pd.read_parquet('{files.epochs}')\n"
+          f"  report: {files.report}, figures in {files.figures}/\n"
+          f"  tensorboard --logdir {files.tensorboard}")
     failed = summary[summary["status"] != "ok"]
     return 1 if len(failed) else 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 
 
 class UserError(Exception):
@@ -94,3 +95,14 @@ def find_storage_error(err: BaseException) -> StorageError | None:
             return found
         err = err.__cause__ or err.__context__
     return None
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal; tables are consistent and `--resume` continues it.
+
+    A BaseException, like KeyboardInterrupt: raised from a signal handler anywhere, even inside
+    library code that catches Exception, it must reach the CLI."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -8,7 +8,6 @@ numbers of Table 1, recomputed from the exported checkpoints by the evaluation c
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,11 +16,9 @@ import torch
 from tqdm import tqdm
 
 from raycity.cli import fail, user_errors
-from raycity.config import Config
 from raycity.constants import CLASS_KEYS, NUM_CLASSES
 from raycity.data import find_samples
 from raycity.data.layout import Sample
-from raycity.data.synthetic import dataset_root
 from raycity.data.transforms import resize_mask
 from raycity.engine import pick_device
 from raycity.inference import (
@@ -33,37 +30,9 @@ from raycity.inference import (
 )
 from raycity.metrics import confusion_matrix, iou_per_class, mean_iou
 from raycity.results import atomic_write_parquet
+from raycity.run import RunDir
 
 FOLDS = "folds"  # the pseudo-split: each fold's own validation images
-
-
-def run_checkpoints(run_dir: Path) -> dict[str, Path]:
-    """model name (fold1…foldK) → checkpoint, for a CV run or the best configuration of a sweep."""
-    board = run_dir / "leaderboard.parquet"
-    prefix = f"{pd.read_parquet(board).iloc[0]['config_id']}_" if board.is_file() else ""
-    found = {}
-    for path in sorted((run_dir / "checkpoints").glob(f"{prefix}fold*.pt")):
-        found[path.stem.removeprefix(prefix)] = path
-    if not found:
-        raise FileNotFoundError(f"{run_dir}/checkpoints: no fold checkpoints (is this a finished "
-                                f"raycity run?)")
-    return dict(sorted(found.items(), key=lambda kv: int(kv[0].removeprefix("fold"))))
-
-
-def run_data_root(run_dir: Path, data_root: str | None) -> str:
-    """The data a run trained on: `--data-root`, else the run's own (its synthetic scenes are
-    generated again if this machine lacks them)."""
-    if data_root:
-        return data_root
-    run = run_dir / "run.json"
-    if not run.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a raycity run (no run.json); pass the folder "
-                                f"of a run, e.g. results/<name>")
-    saved = json.loads(run.read_text())
-    if saved.get("synthetic"):
-        config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
-        return dataset_root(config)[0]
-    return saved["data_root"]
 
 
 def score_rows(cms: dict[tuple[str, str], dict[str, torch.Tensor]], split: str, images: int,
@@ -132,9 +101,10 @@ def evaluate_folds(run_dir: Path, data_root: str, device: torch.device | None = 
     """Each fold's best model on its own validation images, at both resolutions, batched as
     validation batches them: equal to that fold's row of summary.parquet."""
     device = device or pick_device()
-    folds = {f["fold"]: f["val"] for f in json.loads((run_dir / "folds.json").read_text())["folds"]}
+    files = RunDir(run_dir)
+    folds = {split.fold: split.val for split in files.folds()}
     tables = []
-    for name, path in run_checkpoints(run_dir).items():
+    for name, path in files.models().items():
         model, cfg, meta = load_model_meta(path, device)
         samples = [Sample(data_root, *key.split("/")) for key in folds[int(name[4:])]]
         with threads_like_training(meta, device):
@@ -185,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir = Path(args.run)
         tta = TTA.parse(args.tta)
-        data_root = run_data_root(run_dir, args.data_root)
+        data_root = RunDir(run_dir).data_root(args.data_root)
         if args.split == FOLDS:
             if args.ensemble or tta != TTA():
                 raise ValueError("--split folds scores each fold's model without TTA, as "
@@ -193,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             table = evaluate_folds(run_dir, data_root)
         else:
             ttas = [TTA()] + ([tta] if tta != TTA() else [])
-            table = evaluate_models(run_checkpoints(run_dir), data_root, args.split, ttas,
+            table = evaluate_models(RunDir(run_dir).models(), data_root, args.split, ttas,
                                     args.ensemble)
-        out = run_dir / "val.parquet"
+        out = RunDir(run_dir).val
         atomic_write_parquet(merge_val_table(out, table), out)
         from raycity.report import write_report
 

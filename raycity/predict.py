@@ -20,7 +20,6 @@ from raycity.constants import TRAIN_TO_LABEL
 from raycity.data import find_samples
 from raycity.data.layout import Sample, read_png
 from raycity.engine import pick_device
-from raycity.evaluate import run_checkpoints, run_data_root
 from raycity.figures import colorize
 from raycity.inference import (
     TTA,
@@ -29,6 +28,7 @@ from raycity.inference import (
     readable_batches,
     threads_like_training,
 )
+from raycity.run import RunDir
 
 
 def export_predictions(checkpoint: Path, data_root: str, split: str, out: Path, *,
@@ -93,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError("--checkpoint needs --data-root")
             data_root = args.data_root
         else:
-            checkpoints = run_checkpoints(Path(args.run))
+            checkpoints = RunDir(args.run).models()
             if f"fold{args.fold}" not in checkpoints:
                 raise FileNotFoundError(f"{args.run}: no checkpoint for --fold {args.fold}; "
                                         f"have {', '.join(checkpoints)}")
             checkpoint = checkpoints[f"fold{args.fold}"]
-            data_root = run_data_root(Path(args.run), args.data_root)
+            data_root = RunDir(args.run).data_root(args.data_root)
         n, skipped = export_predictions(checkpoint, data_root, args.split, Path(args.out),
                                         color=args.color, tta=TTA.parse(args.tta))
     except (ValueError, *user_errors()) as err:

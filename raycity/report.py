@@ -6,7 +6,6 @@ The run calls the same code when it ends, so a report rebuilt later is the one i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,7 +15,17 @@ import torch
 
 from raycity.constants import CLASS_NAMES
 from raycity.data.layout import Sample, first_label_size
-from raycity.results import IOU_FULL, IOU_LOW, atomic_write_text, table1_markdown
+from raycity.results import (
+    IOU_FULL,
+    IOU_LOW,
+    NothingRankedError,
+    atomic_write_text,
+    best_config,
+    fold_stats,
+    table1_markdown,
+)
+from raycity.run import RunDir
+from raycity.runtables import load_epochs, load_status, write_tables
 
 PANEL_IMAGES = 3  # fixed validation images per panel: the first keys of the fold's val list
 PANEL_WIDTH = 384  # display width of a panel cell
@@ -35,12 +44,10 @@ def display(array: np.ndarray, width: int = PANEL_WIDTH) -> np.ndarray:
 def panel_samples(run_dir: Path, fold: int) -> list[Sample]:
     """The fold's validation samples in folds.json order: a panel shows the first readable ones,
     so the same images appear in every run on this split."""
-    from raycity.evaluate import run_data_root
-
-    folds = json.loads((run_dir / "folds.json").read_text())
-    root = run_data_root(run_dir, None)
-    keys = next(f["val"] for f in folds["folds"] if f["fold"] == fold)
-    return [Sample(root, *key.split("/")) for key in keys]
+    files = RunDir(run_dir)
+    root = files.data_root()
+    split = next(f for f in files.folds() if f.fold == fold)
+    return [Sample(root, *key.split("/")) for key in split.val]
 
 
 def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | None = None):
@@ -79,45 +86,44 @@ def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | N
     return panel, boxes, preds, shown
 
 
-def write_figures(run_dir: Path, epochs: pd.DataFrame, prefix: str = "") -> list[str]:
+def write_figures(run_dir: Path, epochs: pd.DataFrame, config_id: str | None = None) -> list[str]:
     from raycity.figures import cv_history, fold_history, save_png
 
-    fig_dir = run_dir / "figures"
+    files = RunDir(run_dir)
     written = []
-    for fold in sorted(epochs["fold"].unique()):
-        path = fig_dir / f"fold{fold}_history.png"
-        fold_history(epochs, int(fold), path)
+    for fold in sorted(int(f) for f in epochs["fold"].unique()):
+        path = files.fold_figure(fold, "history")
+        fold_history(epochs, fold, path)
         written.append(path.name)
-        checkpoint = run_dir / "checkpoints" / f"{prefix}fold{fold}.pt"
-        drawn = fold_panel(checkpoint, panel_samples(run_dir, int(fold))) \
+        checkpoint = files.checkpoint(fold, config_id)
+        drawn = fold_panel(checkpoint, panel_samples(run_dir, fold)) \
             if checkpoint.is_file() else None
         if drawn is not None:
             panel = drawn[0]
-            path = fig_dir / f"fold{fold}_prediction.png"
+            path = files.fold_figure(fold, "prediction")
             save_png(panel, path)
             written.append(path.name)
-            tensorboard_image(run_dir, f"{prefix or 'cv_'}fold{fold}", panel)
+            tensorboard_image(run_dir, f"{config_id or 'cv'}_fold{fold}", panel)
     if len(epochs):
-        cv_history(epochs, fig_dir / "cv_history.png")
-        written.append("cv_history.png")
+        cv_history(epochs, files.cv_figure)
+        written.append(files.cv_figure.name)
     return written
 
 
 def tensorboard_image(run_dir: Path, name: str, panel: np.ndarray) -> None:
     from tensorboardX import SummaryWriter
 
-    with SummaryWriter(str(run_dir / "tensorboard" / name)) as writer:
+    with SummaryWriter(str(RunDir(run_dir).tensorboard / name)) as writer:
         writer.add_image("prediction", panel, dataformats="HWC")
 
 
 def per_class_table(summary: pd.DataFrame) -> str:
-    ok = summary[summary["status"] == "ok"]
     lines = ["| class | IoU low-res | IoU full-res |", "|---|---|---|"]
     for name, low, full in zip(CLASS_NAMES, IOU_LOW, IOU_FULL):
-        if low not in ok:
+        if low not in summary:
             continue
-        cells = [f"{ok[c].mean():.4f} ± {ok[c].std(ddof=0):.4f}" if ok[c].notna().any() else "—"
-                 for c in (low, full)]
+        stats = [fold_stats(summary, c) for c in (low, full)]
+        cells = ["—" if np.isnan(mean) else f"{mean:.4f} ± {std:.4f}" for mean, std in stats]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
@@ -125,17 +131,14 @@ def per_class_table(summary: pd.DataFrame) -> str:
 def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """epochs.parquet and summary.parquet; a missing or damaged one is rebuilt from the record
     each fold keeps of its epochs, as `--resume` does, and said in one line."""
+    files = RunDir(run_dir)
     try:
-        return (pd.read_parquet(run_dir / "epochs.parquet"),
-                pd.read_parquet(run_dir / "summary.parquet"))
+        return pd.read_parquet(files.epochs), pd.read_parquet(files.summary)
     except (OSError, ValueError):
-        from raycity.tune.rundir import RunState
-        from raycity.tune.tables import load_epochs, load_status, write_tables
-
-        state = RunState.load(run_dir)
+        state = files.state()
         epochs = load_epochs(run_dir, state, lambda line: print(line, file=sys.stderr))
         if epochs.empty:
-            raise FileNotFoundError(f"{run_dir / 'epochs.parquet'}: missing or damaged, and no "
+            raise FileNotFoundError(f"{files.epochs}: missing or damaged, and no "
                                     f"fold recorded an epoch to rebuild it from") from None
         return epochs, write_tables(run_dir, state, epochs, load_status(run_dir))
 
@@ -143,25 +146,27 @@ def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     """report.md (and, with `figures`, the figures) from the run's Parquet tables and checkpoints."""
     run_dir = Path(run_dir)
-    for name in ("config.json", "run.json"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a raycity run?")
-    config = json.loads((run_dir / "config.json").read_text())
-    run = json.loads((run_dir / "run.json").read_text())
+    files = RunDir(run_dir)
+    state = files.state()
+    config = state.config.to_dict()
     epochs, summary = read_tables(run_dir)
-    prefix, heading = "", "Cross-validation"
-    if (run_dir / "leaderboard.parquet").is_file():
-        best = pd.read_parquet(run_dir / "leaderboard.parquet").iloc[0]["config_id"]
-        prefix, heading = f"{best}_", f"Sweep, best configuration {best}"
+    best, heading = None, "Cross-validation"
+    if files.leaderboard.is_file():
+        try:
+            best = best_config(pd.read_parquet(files.leaderboard), run_dir)
+        except NothingRankedError as err:  # the search so far, and how to complete it
+            atomic_write_text(files.report, f"# {run_dir.name}: Sweep report\n\n{err}\n\n"
+                              f"## Search\n\n" + files.leaderboard_md.read_text())
+            return files.report
+        heading = f"Sweep, best configuration {best}"
         epochs = epochs[epochs["config_id"] == best]
         summary = summary[summary["config_id"] == best]
     if figures:
-        write_figures(run_dir, epochs, prefix)
-    fig_dir = run_dir / "figures"
-    sizes = tuple(config["image_size"]), first_label_size(run["data_root"])
+        write_figures(run_dir, epochs, best)
+    sizes = tuple(config["image_size"]), first_label_size(state.data_root)
     lines = [f"# {run_dir.name}: {heading} report", "",
              f"UNet-ResNet50, {config['folds']}-fold cross-validation on the train split of "
-             f"`{run['data_root']}`" + (" (synthetic demo scenes)" if run["synthetic"] else "")
+             f"`{state.data_root}`" + (" (synthetic demo scenes)" if state.synthetic else "")
              + ".", "", "## Results", "", table1_markdown(summary, *sizes)]
     lines += ["## Folds", "", "| fold | best epoch | epochs | wall time | status |",
               "|---|---|---|---|---|"]
@@ -171,33 +176,31 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
         lines.append(f"| {r.fold} | {r.best_epoch} | {r.epochs_done} | {wall} | {r.status} |")
     lines += ["", "## Per-class IoU (mean ± std over folds, at each fold's best epoch)", "",
               per_class_table(summary), ""]
-    val = run_dir / "val.parquet"
-    if val.is_file():
-        table = pd.read_parquet(val)
+    if files.val.is_file():
+        table = pd.read_parquet(files.val)
         lines += [f"## Official {table['split'].iloc[0]} split", "",
                   "| model | TTA | mIoU (full-res) |", "|---|---|---|"]
         lines += [f"| {r.model} | {r.tta} | {r.miou_full:.4f} |" for r in table.itertuples()]
         lines += ["", "Scored like cityscapesScripts: one confusion matrix over the split, at "
                       "each label's own resolution.", ""]
-    if (run_dir / "leaderboard.md").is_file():
-        lines += ["## Search", "", (run_dir / "leaderboard.md").read_text()]
-        if (fig_dir / "sweep.png").is_file():
+    if files.leaderboard_md.is_file():
+        lines += ["## Search", "", files.leaderboard_md.read_text()]
+        if files.sweep_figure.is_file():
             lines += ["Each configuration's fold mean ± std against each tuned value, and the best "
                       "fold mean so far as configurations finished:", "",
-                      "![the search](figures/sweep.png)", ""]
+                      f"![the search]({files.relative(files.sweep_figure)})", ""]
     lines += ["## Figures", ""]
-    if (fig_dir / "cv_history.png").is_file():
-        lines += ["![all folds](figures/cv_history.png)", ""]
+    if files.cv_figure.is_file():
+        lines += [f"![all folds]({files.relative(files.cv_figure)})", ""]
     for fold in summary["fold"]:
         for kind in ("prediction", "history"):
-            if (fig_dir / f"fold{fold}_{kind}.png").is_file():
+            if (figure := files.fold_figure(int(fold), kind)).is_file():
                 lines += [f"**Fold {fold}, {kind}**", "",
-                          f"![fold {fold} {kind}](figures/fold{fold}_{kind}.png)", ""]
+                          f"![fold {fold} {kind}]({files.relative(figure)})", ""]
     lines += ["## Configuration", "", "| key | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(config.items())]
-    path = run_dir / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    atomic_write_text(files.report, "\n".join(lines) + "\n")
+    return files.report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from raycity.constants import CLASS_KEYS
-from raycity.errors import storage_error
+from raycity.errors import UserError, storage_error
 
 KEY_COLUMNS = ["config_id", "fold", "epoch"]
 METRIC_COLUMNS = ["lr", "train_loss", "val_loss", "miou_low", "miou_full"]
@@ -122,14 +122,28 @@ def summarize(epochs: pd.DataFrame, status: Mapping[tuple[str, int], str] | None
 
 def table1(summary: pd.DataFrame) -> pd.DataFrame:
     """The seed's Table 1: a row per fold, then Mean and Std (ddof=0) over the folds that finished."""
-    ok = summary[summary["status"] == "ok"]
     rows = [{"Fold": str(r.fold), "Low-Res mIoU": r.miou_low, "Full-Res mIoU": r.miou_full}
             for r in summary.itertuples()]
-    for label, fn in (("Mean", np.mean), ("Std", np.std)):
-        rows.append({"Fold": label,
-                     "Low-Res mIoU": float(fn(ok["miou_low"])) if len(ok) else np.nan,
-                     "Full-Res mIoU": float(fn(ok["miou_full"])) if len(ok) else np.nan})
+    low, full = fold_stats(summary, "miou_low"), fold_stats(summary, "miou_full")
+    rows.append({"Fold": "Mean", "Low-Res mIoU": low[0], "Full-Res mIoU": full[0]})
+    rows.append({"Fold": "Std", "Low-Res mIoU": low[1], "Full-Res mIoU": full[1]})
     return pd.DataFrame(rows)
+
+
+def fold_stats(summary: pd.DataFrame, column: str) -> tuple[float, float]:
+    """(mean, std) of `column` over the folds that finished."""
+    return mean_std(summary.loc[summary["status"] == "ok", column])
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and std with ddof=0, as the seed study reports them (the folds are the population
+    described, not a sample), skipping NaN (a class absent from a fold's images). The one place
+    Table 1, the leaderboard, the per-class table and the searcher take a mean ± std."""
+    array = np.asarray(list(values), dtype=float)
+    array = array[~np.isnan(array)]
+    if not len(array):
+        return float("nan"), float("nan")
+    return float(array.mean()), float(array.std(ddof=0))
 
 
 def table1_markdown(summary: pd.DataFrame, image_size: tuple[int, int] | None = None,
@@ -173,24 +187,52 @@ def _fmt(value: float) -> str:
 def leaderboard(summary: pd.DataFrame, hparams: list[str], values: pd.DataFrame,
                 epochs: int | Mapping[str, int], metric: str = "miou_full") -> pd.DataFrame:
     """One row per configuration: its hyperparameters and fold mean ± std (ddof=0) at each fold's
-    best epoch, over the folds that did not fail; best first by the mean of `metric`. `epochs`
-    is each configuration's length (a mapping where the sweep tunes it)."""
+    best epoch; best first by the mean of `metric`. `epochs` is each configuration's length (a
+    mapping where the sweep tunes it).
+
+    Only configurations whose folds all ended (finished, or stopped by early stopping) are
+    ranked: a mean over the 2 folds that survived is a different, biased estimate and must not
+    beat a mean over all 3. The others follow, unranked (`rank` is NA), with what they lack.
+    """
     rows = []
     for config_id, group in summary.groupby("config_id", sort=True):
         ok = group[group["status"] == "ok"]
         length = epochs[config_id] if isinstance(epochs, Mapping) else epochs
+        failed = int(group["status"].str.startswith("failed").sum())
+        missing = int((group["status"] != "ok").sum())
         row = {"config_id": config_id,
                **{h: values.loc[config_id, h] for h in hparams},
                "folds": len(group), "folds_completed": int((ok["epochs_done"] >= length).sum()),
-               "folds_failed": int((group["status"] != "ok").sum()),
-               "stopped_early": bool((ok["epochs_done"] < length).any())}
+               "folds_failed": missing,
+               "stopped_early": bool((ok["epochs_done"] < length).any()),
+               "comparable": missing == 0,
+               "state": "complete" if missing == 0 else ", ".join(
+                   part for part in (f"{failed} failed" if failed else "",
+                                     f"{missing - failed} pending" if missing - failed else "")
+                   if part)}
         for m in ("miou_low", "miou_full"):
-            row[f"{m}_mean"] = float(ok[m].mean()) if len(ok) else np.nan
-            row[f"{m}_std"] = float(ok[m].std(ddof=0)) if len(ok) else np.nan
+            row[f"{m}_mean"], row[f"{m}_std"] = fold_stats(group, m)
         rows.append(row)
-    board = pd.DataFrame(rows).sort_values(f"{metric}_mean", ascending=False, na_position="last")
-    board.insert(0, "rank", range(1, len(board) + 1))
+    board = pd.DataFrame(rows).sort_values(["comparable", f"{metric}_mean"],
+                                           ascending=[False, False], na_position="last")
+    ranked = int(board["comparable"].sum())
+    board.insert(0, "rank", pd.array(list(range(1, ranked + 1)) + [None] * (len(board) - ranked),
+                                     dtype="Int64"))
     return board.reset_index(drop=True)
+
+
+class NothingRankedError(UserError, LookupError):
+    """A sweep in which no configuration has all its folds has no best configuration yet."""
+
+
+def best_config(board: pd.DataFrame, run_dir: str | Path = "") -> str:
+    """The first ranked configuration, the one `evaluate`, `predict` and the report use."""
+    ranked = board[board["rank"].notna()] if "rank" in board else board.iloc[:0]
+    if not len(ranked):
+        raise NothingRankedError(f"{run_dir or 'this sweep'}: no configuration has all its "
+                                 f"folds yet, so none is ranked; --resume the sweep to "
+                                 f"complete them")
+    return str(ranked.iloc[0]["config_id"])
 
 
 def leaderboard_markdown(board: pd.DataFrame, hparams: list[str], metric: str) -> str:
@@ -199,8 +241,11 @@ def leaderboard_markdown(board: pd.DataFrame, hparams: list[str], metric: str) -
     lines = [f"Leaderboard (ranked by {metric}, mean ± std over folds at each fold's best epoch)",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in board.to_dict("records"):
-        cells = [str(r["rank"]), r["config_id"], *(_hp(r[h]) for h in hparams),
-                 f"{r['folds_completed']}/{r['folds']}", "yes" if r["stopped_early"] else "no",
+        done = f"{r['folds_completed']}/{r['folds']}"
+        if not r.get("comparable", True):
+            done += f" ({r['state']}: unranked; --resume can complete it)"
+        cells = ["—" if pd.isna(r["rank"]) else str(r["rank"]), r["config_id"],
+                 *(_hp(r[h]) for h in hparams), done, "yes" if r["stopped_early"] else "no",
                  f"{_fmt(r['miou_low_mean'])} ± {_fmt(r['miou_low_std'])}",
                  f"{_fmt(r['miou_full_mean'])} ± {_fmt(r['miou_full_std'])}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -15,9 +15,10 @@ import pandas as pd
 
 from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly
 from raycity.config import Config, RunOptions, heaviest
+from raycity.run import RunDir
 
 if TYPE_CHECKING:
-    from raycity.tune.rundir import RunState
+    from raycity.run import RunState
 
 SEARCHES = ("random", "grid", "optuna")
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_sweep(args: argparse.Namespace, cfg: Config, explicit: dict[str, Any],
               opts: RunOptions) -> int:
     from raycity.report import write_report
+    from raycity.tracking import tracker_for
     from raycity.tune.experiment import run_experiment
 
     if args.resume:
@@ -70,26 +72,31 @@ def run_sweep(args: argparse.Namespace, cfg: Config, explicit: dict[str, Any],
             raise SpaceError(f"--resume {args.resume}: {', '.join(fixed)} cannot change "
                              f"(the search continues as it started); drop them")
     plan_ = resumed_plan(Path(opts.run_dir)) if args.resume else plan(args, cfg, explicit)
+    tracker = tracker_for(opts.run_dir, opts.output, opts.mlflow, opts.mlflow_uri,
+                          opts.mlflow_experiment, opts.resume)
     run_dir, summary = run_experiment("sweep", cfg, opts, plan_["variants"],
                                       hparams=plan_["hparams"], metric=plan_["metric"],
                                       scheduler=plan_["scheduler"], search=plan_["search"],
-                                      explicit=explicit)
+                                      explicit=explicit, tracker=tracker)
     if summary is None:
         return fail(f"{run_dir}: no trial reported a single epoch")
-    write_leaderboard(run_dir, summary)
+    board = write_leaderboard(run_dir, summary)
     write_report(run_dir)
+    if tracker is not None:
+        tracker.finish(summary, board)
     print()
-    print((run_dir / "leaderboard.md").read_text())
-    print((run_dir / "summary.md").read_text())
-    print(f"results: {run_dir}\n  pandas: pd.read_parquet('{run_dir}/leaderboard.parquet')\n"
-          f"  search: {run_dir}/figures/sweep.png")
+    files = RunDir(run_dir)
+    print(files.leaderboard_md.read_text())
+    print(files.summary_md.read_text())
+    print(f"results: {run_dir}\n  pandas: pd.read_parquet('{files.leaderboard}')\n"
+          f"  search: {files.sweep_figure}")
     return 1 if summary["status"].str.startswith("failed").any() else 0
 
 
 def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
     """Space → variants, search, scheduler, tuned fields, metric; every error before anything
     runs."""
-    from raycity.tune.rundir import Variant
+    from raycity.run import Variant
     from raycity.tune.searcher import config_name
     from raycity.tune.space import (
         MAX_CONFIGURATIONS,
@@ -150,17 +157,18 @@ def resumed_plan(run_dir: Path) -> dict:
     """--resume: the search and scheduler as the run was started with, rebuilt from run.json.
     Ray Tune's saved state (what the searcher and scheduler had heard) wins where there is one;
     these start the search of a sweep stopped before Tune had saved anything."""
-    from raycity.tune.rundir import RunState
+    from raycity.run import RunDir
     from raycity.tune.space import parse_space
 
     plan_ = {"variants": [], "search": None, "scheduler": None, "hparams": [],
              "metric": "miou_full"}
-    if not (run_dir / "run.json").is_file():
+    files = RunDir(run_dir)
+    if not files.is_run():
         return plan_  # run_experiment says what is missing
-    state = RunState.load(run_dir)
+    state = files.state()
     if not state.search.get("space"):
         return plan_
-    space = parse_space(state.search["space"], str(run_dir / "run.json"))
+    space = parse_space(state.search["space"], str(files.run_json))
     plan_["search"], _, plan_["scheduler"] = searching(
         space, state.search["method"], state.search.get("num_samples"),
         state.search.get("max_concurrent"), state.config)
@@ -171,7 +179,7 @@ def tuned_values(state: RunState, epochs: pd.DataFrame, told: list[dict]) -> pd.
     """config_id → the values each configuration was trained with (its hp_* columns): from the
     epochs where it has any, else from what the searcher proposed or the variants listed — a
     configuration whose every fold failed before its first epoch still has its row."""
-    from raycity.tune.tables import hp_column, tuned
+    from raycity.runtables import hp_column, tuned
 
     values = {v.config_id: tuned(state, v.overrides) for v in state.variants}
     values.update({r["config_id"]: tuned(state, r["values"]) for r in told})
@@ -189,33 +197,39 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
     from raycity.data.layout import first_label_size
     from raycity.figures import sweep_figure
     from raycity.results import (
+        NothingRankedError,
         atomic_write_parquet,
         atomic_write_text,
+        best_config,
         leaderboard,
         leaderboard_markdown,
         table1_markdown,
     )
-    from raycity.tune.rundir import RunState
-    from raycity.tune.tables import hp_column
-    state = RunState.load(run_dir)
-    epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    told_file = run_dir / "searcher.json"
-    told = json.loads(told_file.read_text()) if told_file.is_file() else []
+    from raycity.run import RunDir
+    from raycity.runtables import hp_column
+    files = RunDir(run_dir)
+    state = files.state()
+    epochs = pd.read_parquet(files.epochs)
+    told = json.loads(files.searcher.read_text()) if files.searcher.is_file() else []
     columns = [hp_column(h) for h in state.hparams]
     values = tuned_values(state, epochs, told)
     # a tuned `epochs` decides when each configuration's folds are complete
     lengths = values[hp_column("epochs")].astype(int).to_dict() if "epochs" in state.hparams \
         else state.config.epochs
     board = leaderboard(summary, columns, values, lengths, state.metric)
-    atomic_write_parquet(board, run_dir / "leaderboard.parquet")
-    atomic_write_text(run_dir / "leaderboard.md",
+    atomic_write_parquet(board, files.leaderboard)
+    atomic_write_text(files.leaderboard_md,
                       leaderboard_markdown(board, columns, state.metric))
-    best = board.iloc[0]["config_id"]
-    table = table1_markdown(summary[summary["config_id"] == best], state.config.image_size,
-                            first_label_size(state.data_root))
-    atomic_write_text(run_dir / "summary.md", f"Best configuration: {best}\n\n{table}")
+    try:
+        best = best_config(board, run_dir)
+    except NothingRankedError as err:
+        atomic_write_text(files.summary_md, f"No best configuration: {err}\n")
+    else:
+        table = table1_markdown(summary[summary["config_id"] == best], state.config.image_size,
+                                first_label_size(state.data_root))
+        atomic_write_text(files.summary_md, f"Best configuration: {best}\n\n{table}")
     sweep_figure(board, told, state.hparams, state.search.get("log_scaled", []), state.metric,
-                 run_dir / "figures" / "sweep.png")
+                 files.sweep_figure)
     tensorboard_hparams(run_dir, board, state.hparams, state.metric)
     return board
 
@@ -225,9 +239,10 @@ def tensorboard_hparams(run_dir: Path, board: pd.DataFrame, hparams: list[str],
     """One hparams entry per configuration, for TensorBoard's HPARAMS tab."""
     from tensorboardX import SummaryWriter
 
-    from raycity.tune.tables import hp_column
+    from raycity.run import RunDir
+    from raycity.runtables import hp_column
 
-    with SummaryWriter(str(run_dir / "tensorboard" / "hparams")) as writer:
+    with SummaryWriter(str(RunDir(run_dir).tensorboard / "hparams")) as writer:
         for row in board.to_dict("records"):
             writer.add_hparams({h: row[hp_column(h)] for h in hparams},
                                {f"{metric}_mean": row[f"{metric}_mean"],

@@ -43,10 +43,13 @@ def tree(tmp_path, tiny_cityscapes) -> Path:
 
 
 SMOKE_EPOCHS = 2
-# The GPU recipe's branches (bf16 autocast, channels-last, their host copies and resumes) run
-# on the CPU in every real smoke run of the suite; 3 scenes (one training step per fold and
-# epoch) because this CPU runs bf16 convolutions on reference kernels, ≈ 9 s a step.
-FORCED_GPU_RECIPE = ["--amp", "on", "--channels-last", "on", "--synthetic-train", "3"]
+# The GPU recipe's layout runs on the CPU in every real run of the suite: the shared smoke CV,
+# the kill/signal/move/resume runs checked against it, and the ASHA sweep whose folds pause at
+# the rung and resume through Tune all train channels-last, the layout whose Adam moments a
+# resume used to lose. bf16 autocast runs in-process (tests/test_speed.py: a compiled fold, the
+# fp16 + loss-scaling fold): this CPU has no bf16 convolution kernels, ≈ 9 s a step against
+# 3.5 s channels-last fp32. 3 scenes: one training step per fold and epoch.
+FORCED_LAYOUT = ["--channels-last", "on", "--synthetic-train", "3"]
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +70,28 @@ def smoke_run(ray_session, tmp_path_factory):
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             code = cv.main(["--preset", "smoke", "--epochs", str(SMOKE_EPOCHS), "--output",
                             str(out), "--name", "smoke", "--cpus-per-trial", "0.6",
-                            *FORCED_GPU_RECIPE])
+                            "--mlflow", *FORCED_LAYOUT])
     finally:
         mp.undo()
     (out / "console.txt").write_text(console.getvalue())
     return code, out / "smoke"
+
+
+@pytest.fixture(scope="session")
+def sweep_run(ray_session, tmp_path_factory, tiny_cityscapes):
+    out = tmp_path_factory.mktemp("sweeps")
+    space = out / "mixed.yaml"
+    # grid and random samplers in one space: the case where Tune alone would give folds
+    # of one configuration different values
+    # and early stopping at epoch 1 of 2, judged on fold means; one configuration at a time,
+    # so the order in which they reach the rung (and so the decision) is the same every run
+    space.write_text("params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+                     "  dropout: {grid: [0.0, 0.3]}\nnum_samples: 1\nmetric: miou_full\n"
+                     "scheduler:\n  asha: {grace_period: 1, reduction_factor: 2}\n")
+    from raycity import sweep
+
+    code = sweep.main(["--space", str(space), "--preset", "smoke", "--epochs", "2",
+                       "--folds", "2", "--data-root", str(tiny_cityscapes), "--max-concurrent",
+                       "1", "--output", str(out), "--name", "mixed", "--cpus-per-trial", "0.5",
+                       "--mlflow", *FORCED_LAYOUT[:2]])  # folds paused at the rung resume
+    return code, out / "mixed"

@@ -187,3 +187,26 @@ def test_colour_jitter_changes_the_image_never_the_mask():
         assert torch.equal(mask_j, mask_p)  # same geometry, labels untouched by colour
         changed += not torch.allclose(img_j, img_p)
     assert changed == 10
+
+
+def test_the_seeded_sampler_derives_order_and_augmentation_from_seed_fold_and_epoch():
+    """What makes a resumed fold, or one with other --num-workers, see the same batches: the
+    order and each sample's augmentation seed are a function of (seed, fold, epoch, index)."""
+    from raycity.data.dataset import SeededSampler, derive_seed
+
+    def epoch_of(seed: int, fold: int, epoch: int) -> list[tuple[int, int]]:
+        sampler = SeededSampler(20, derive_seed(seed, fold))  # as build_loaders makes it
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = epoch_of(0, 1, 1)
+    assert sorted(i for i, _ in first) == list(range(20))  # a permutation of the samples
+    assert first == epoch_of(0, 1, 1)  # equal inputs, equal draws
+    for other in (epoch_of(0, 1, 2), epoch_of(0, 2, 1), epoch_of(1, 1, 1)):  # epoch, fold, seed
+        assert [i for i, _ in other] != [i for i, _ in first]  # another order
+        seeds = dict(other)
+        assert all(seeds[i] != s for i, s in first)  # and other augmentation draws
+    assert len({s for _, s in first}) == 20  # each sample its own draw
+    val = SeededSampler(20, 5, shuffle=False)
+    val.set_epoch(3)
+    assert [i for i, _ in val] == list(range(20))

@@ -20,7 +20,7 @@ from raycity.data.layout import IMAGE_SUFFIX
 from raycity.folds import make_folds
 from raycity.training import run_fold
 from raycity.tune.experiment import Variant, run_experiment
-from tests.conftest import FORCED_GPU_RECIPE, SMOKE_EPOCHS
+from tests.conftest import FORCED_LAYOUT, SMOKE_EPOCHS
 
 METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
 
@@ -29,7 +29,7 @@ def cv_process(out: Path, *extra: str, env: dict | None = None) -> subprocess.Po
     """`python -m raycity.cv` as a user starts it, in its own process (group)."""
     args = [sys.executable, "-m", "raycity.cv", "--preset", "smoke", "--epochs",
             str(SMOKE_EPOCHS), "--output", str(out), "--cpus-per-trial", "0.6", "--num-cpus", "2",
-            *(FORCED_GPU_RECIPE if "--resume" not in extra else []), *extra]
+            *(FORCED_LAYOUT if "--resume" not in extra else []), *extra]
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -234,7 +234,7 @@ def test_a_users_mistake_inside_a_trial_fails_each_fold_once_in_one_line(
 def test_a_copy_of_a_run_on_shared_storage_refuses_to_resume_a_moved_one_does_not(tmp_path):
     """On shared storage the experiment lives outside the run directory; a copy would train
     into — and clean up — the original's trials."""
-    from raycity.tune.rundir import RunError, RunState, claim_storage
+    from raycity.run import RunError, RunState, claim_storage
 
     state = RunState("cv", preset("smoke"), [Variant("cv")], str(tmp_path / "data"), False,
                      str(tmp_path / "shared"), "r", [])

@@ -27,6 +27,11 @@ def test_group_by_city_keeps_cities_whole():
     for f in folds:
         assert not ({city_of[k] for k in f.val} & {city_of[k] for k in f.train})
     assert set().union(*(set(f.val) for f in folds)) == set(KEYS)
+    # every fold validates on something, and greedy dealing keeps the folds within one city's
+    # size of each other (not every city in one fold: a split of [37, 0, 0])
+    sizes = [len(f.val) for f in folds]
+    largest = max(CITIES.count(c) for c in set(CITIES))
+    assert min(sizes) > 0 and max(sizes) - min(sizes) <= largest, sizes
     with pytest.raises(FoldsError, match="cities cannot fill"):
         make_folds(KEYS, k=5, groups=CITIES)
 

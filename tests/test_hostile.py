@@ -189,9 +189,9 @@ def test_a_full_disk_under_the_drivers_tables_ends_in_one_line(capsys):
 
 
 def test_more_loader_workers_than_a_fold_has_cpus_are_refused():
+    from raycity.run import RunError
     from raycity.tune.experiment import check_workers
     from raycity.tune.resources import TrialPlan
-    from raycity.tune.rundir import RunError
 
     plan = TrialPlan(cpus=2, gpus=0, memory=2**30, concurrent=1)
     with pytest.raises(RunError, match="--num-workers 100: each fold gets 2 CPU.*at most 2"):
@@ -237,8 +237,8 @@ def test_the_interrupted_line_for_sighup_says_how_to_resume(tmp_path, capsys):
 def test_storage_that_cannot_be_reached_is_refused_in_seconds(tmp_path, monkeypatch):
     import pyarrow.fs
 
+    from raycity.run import RunError
     from raycity.tune.driver import probe_storage
-    from raycity.tune.rundir import RunError
 
     probe_storage(str(tmp_path / "shared"))  # a writable folder passes
     assert not list((tmp_path / "shared").iterdir())  # and keeps nothing of the probe

@@ -1,21 +1,29 @@
 """Ray at the edges: the core and the outputs import and run without Ray (the GPU machine has
-none); only raycity.tune and the sweep/cv drivers need it."""
+none); only raycity.tune and the sweep/cv drivers need it. And no import cycles."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import raycity
 
 CORE = ["raycity.config", "raycity.constants", "raycity.data", "raycity.data.cache",
         "raycity.folds", "raycity.model", "raycity.metrics", "raycity.engine", "raycity.training",
         "raycity.checkpoint", "raycity.snapshots", "raycity.hostcopy", "raycity.inference",
-        "raycity.results", "raycity.figures", "raycity.report", "raycity.evaluate", "raycity.predict"]
+        "raycity.results", "raycity.figures", "raycity.report", "raycity.evaluate", "raycity.predict",
+        "raycity.run", "raycity.runtables", "raycity.foldfiles", "raycity.speed", "raycity.cli",
+        "raycity.data.__main__"]
 
 
 def test_core_and_outputs_import_without_ray():
     code = ("import sys\nsys.modules['ray'] = None  # any `import ray` now fails\n"
             + "".join(f"import {m}\n" for m in CORE)
-            + "from raycity.training import run_fold, FoldSteps\nprint('ok')\n")
+            + "from raycity.training import run_fold, FoldSteps\n"
+            + "assert not [m for m in sys.modules if m.startswith('raycity.tune')], 'tune loaded'\n"
+            + "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
@@ -27,3 +35,46 @@ def test_the_tune_package_is_where_ray_lives():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.stdout.strip() == "needs ray", proc.stderr
+
+
+def imports_of(path: Path, package: Path) -> set[str]:
+    """The raycity modules a file imports, at module level or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    modules = {module_name(p, package) for p in package.rglob("*.py")}
+    return {n for n in names if n in modules}
+
+
+def module_name(path: Path, package: Path) -> str:
+    parts = ("raycity", *path.relative_to(package).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycles_among_raycitys_modules():
+    """Function-level imports included: a cycle hidden in a function is still a cycle."""
+    package = Path(raycity.__file__).parent
+    graph = {module_name(p, package): imports_of(p, package) for p in package.rglob("*.py")}
+    for name in graph:  # a package's modules do not count as imports of the package
+        graph[name] = {m for m in graph[name] if m != name and not name.startswith(f"{m}.")
+                       and not (m.startswith(f"{name}.") and name in ("raycity", "raycity.data",
+                                                                       "raycity.tune"))}
+    cycles, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:  # depth first; `path` holds the open nodes
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, cycles

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pandas as pd
 
 from raycity.config import preset
+from raycity.run import RunState, Variant
 from raycity.tune.recorder import RunRecorder, recording
-from raycity.tune.rundir import RunState, Variant
 from raycity.tune.trainable import USER_ERROR
 
 
@@ -102,8 +102,8 @@ def test_a_trial_started_after_tunes_last_snapshot_is_not_the_runs(tmp_path):
     values), so a rebuilt or completed table must not take its epochs."""
     import json
 
+    from raycity.runtables import trial_records
     from raycity.snapshots import FoldCheckpoints
-    from raycity.tune.tables import trial_records
 
     state = RunState("sweep", preset("smoke"), [], str(tmp_path), True, None, "tune", ["lr"])
     experiment = tmp_path / "tune"

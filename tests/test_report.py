@@ -24,6 +24,7 @@ from raycity.inference import (
     threads_like_training,
 )
 from raycity.metrics import confusion_matrix, mean_iou
+from raycity.run import RunDir
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def by_hand(model, image: torch.Tensor, size: tuple[int, int], flip: bool = Fals
             cfg=None) -> torch.Tensor:
     """Class probabilities at the image's own size, written out without raycity's inference
     code: resize the uint8 image, scale, normalise, forward (under the autocast and layout the
-    fold trained with: the suite trains with bf16 and channels-last forced on), upsample,
+    fold trained with: the suite forces channels-last), upsample,
     softmax."""
     x = TF.resize(image, list(size), antialias=True)[None].float() / 255
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -118,13 +119,21 @@ def test_report_command_rebuilds_from_saved_files(run_dir, tmp_path):
     assert report.main([str(tmp_path / "nothing")]) == 2
 
 
-def test_report_on_a_damaged_table_rebuilds_it_from_the_folds_records(run_dir, tmp_path,
-                                                                       capsys):
+@pytest.mark.parametrize("command", ["report", "evaluate"])
+def test_a_damaged_table_is_rebuilt_from_the_folds_records(run_dir, tmp_path, capsys, command):
+    """`raycity.report` and `raycity.evaluate` on a run whose epochs table is damaged and whose
+    summary is gone: both rebuilt, as --resume does, said in one line, then the command's own
+    work."""
     copy = tmp_path / run_dir.name
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures", "report.md"))
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures", "report.md",
+                                                                 "val.parquet"))
     (copy / "epochs.parquet").write_bytes(b"PAR1 cut short")
     (copy / "summary.parquet").unlink()
-    assert report.main([str(copy)]) == 0
+    if command == "report":
+        assert report.main([str(copy)]) == 0
+    else:
+        assert evaluate.main(["--run", str(copy), "--split", "folds"]) == 0
+        assert (copy / "val.parquet").is_file()
     said = capsys.readouterr().err
     assert "epochs.parquet: unreadable" in said and "rebuilt 6 epoch row(s)" in said
     assert "Traceback" not in said
@@ -138,7 +147,7 @@ def test_a_folder_that_is_not_a_run_or_a_damaged_run_json_is_named(tmp_path, cap
     assert evaluate.main(["--run", str(tmp_path)]) == 2
     line = capsys.readouterr().err
     assert f"{tmp_path}: not a raycity run (no run.json)" in line and "--data-root" not in line
-    from raycity.tune.rundir import RunError, RunState
+    from raycity.run import RunError, RunState
 
     (tmp_path / "run.json").write_text("{ cut")
     with pytest.raises(RunError, match="run.json: damaged"):
@@ -148,8 +157,8 @@ def test_a_folder_that_is_not_a_run_or_a_damaged_run_json_is_named(tmp_path, cap
 def test_export_scores_like_cityscapesscripts(run_dir, tmp_path):
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
 
-    checkpoints = evaluate.run_checkpoints(run_dir)
-    root = evaluate.run_data_root(run_dir, None)
+    checkpoints = RunDir(run_dir).models()
+    root = RunDir(run_dir).data_root()
     ours = evaluate.evaluate_models({"fold1": checkpoints["fold1"]}, root, "val", [TTA()],
                                     ensemble=False, progress=False)
     assert predict.main(["--run", str(run_dir), "--fold", "1", "--split", "val",
@@ -168,8 +177,8 @@ def test_export_scores_like_cityscapesscripts(run_dir, tmp_path):
 def test_the_ensemble_is_the_mean_of_the_folds_softmaxes(run_dir):
     """Two different checkpoints (folds 1 and 2): the ensemble's probabilities are the mean of
     theirs, and evaluate's ensemble row scores the argmax of that mean."""
-    checkpoints = evaluate.run_checkpoints(run_dir)
-    root = evaluate.run_data_root(run_dir, None)
+    checkpoints = RunDir(run_dir).models()
+    root = RunDir(run_dir).data_root()
     (m1, cfg), (m2, _) = (load_model(checkpoints[k], torch.device("cpu")) for k in ("fold1", "fold2"))
     assert not torch.equal(m1.head.classify.weight, m2.head.classify.weight)
     cm = torch.zeros(19, 19, dtype=torch.int64)
@@ -201,9 +210,9 @@ class Asymmetric(torch.nn.Module):
 
 
 def test_flip_and_multiscale_tta_average_the_right_views(run_dir):
-    model, cfg = load_model(evaluate.run_checkpoints(run_dir)["fold1"], torch.device("cpu"))
+    model, cfg = load_model(RunDir(run_dir).models()["fold1"], torch.device("cpu"))
     asym = Asymmetric(model)
-    image, _ = read_sample(find_samples(evaluate.run_data_root(run_dir, None), "val")[0])
+    image, _ = read_sample(find_samples(RunDir(run_dir).data_root(), "val")[0])
     plain = by_hand(asym, image, cfg.image_size, cfg=cfg)
     flipped_view = by_hand(asym, image, cfg.image_size, flip=True, cfg=cfg)
     assert (plain - flipped_view).abs().max() > 0.05  # the two views really differ

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from raycity.config import preset
+from raycity.run import RunError
 from raycity.tune.resources import (
     GIB,
     WORKER_BYTES,
@@ -21,7 +22,6 @@ from raycity.tune.resources import (
     state_host_bytes,
     trial_memory_bytes,
 )
-from raycity.tune.rundir import RunError
 from raycity.tune.trainable import device_for
 
 GPU_TRIAL = 4 * GIB  # what a GPU trial asks of host memory, roughly

@@ -107,3 +107,74 @@ def test_a_tuned_epochs_decides_when_each_configurations_folds_are_complete():
     assert short.loc["c1", "stopped_early"]  # judged against the base's 5: what it fixes
     big = heaviest(preset("smoke"), [{"epochs": 7}, {"batch_size": 4, "lr": 1e-3}, {}])
     assert (big.epochs, big.batch_size) == (7, 4)
+
+
+def board_summary(scores: dict[str, list[float | None]]) -> pd.DataFrame:
+    """A sweep's summary: None marks a failed fold."""
+    return pd.DataFrame([
+        {"config_id": c, "fold": f, "epochs_done": 0 if s is None else 3,
+         "miou_low": np.nan if s is None else s, "miou_full": np.nan if s is None else s,
+         "status": "failed: worker killed" if s is None else "ok"}
+        for c, folds in scores.items() for f, s in enumerate(folds, 1)])
+
+
+def test_the_best_epoch_is_the_one_with_the_best_low_res_miou():
+    """The seed picks each fold's best epoch by val miou_low, and reports miou_full there."""
+    epochs = epochs_frame([
+        {"config_id": "cv", "fold": 1, "epoch": 1, "miou_low": 0.50, "miou_full": 0.60},
+        {"config_id": "cv", "fold": 1, "epoch": 2, "miou_low": 0.55, "miou_full": 0.40},
+        {"config_id": "cv", "fold": 1, "epoch": 3, "miou_low": 0.52, "miou_full": 0.70}])
+    row = summarize(epochs).iloc[0]
+    assert (row["best_epoch"], row["miou_low"], row["miou_full"]) == (2, 0.55, 0.40)
+
+
+def test_leaderboard_mean_and_std_are_over_the_folds_with_ddof_0():
+    from raycity.results import leaderboard
+
+    scores = {"c1": [0.60, 0.64, 0.71], "c2": [0.50, 0.52, 0.57]}
+    board = leaderboard(board_summary(scores), [], pd.DataFrame(index=list(scores)), 3)
+    board = board.set_index("config_id")
+    for c, values in scores.items():
+        assert board.loc[c, "miou_full_mean"] == pytest.approx(np.mean(values))
+        assert board.loc[c, "miou_full_std"] == pytest.approx(np.std(values, ddof=0))
+        assert board.loc[c, "miou_full_std"] != pytest.approx(np.std(values, ddof=1))
+
+
+def test_a_configuration_missing_a_fold_is_never_ranked_above_a_complete_one():
+    """The issue's sweep: c1 lost fold 3 (its worker killed too often) and its 2-fold mean
+    (0.078) is above c2's 3-fold mean (0.070). A mean of fewer folds is another estimate: c2
+    is the best configuration, c1 is listed after it, unranked, saying how to complete it."""
+    from raycity.results import NothingRankedError, best_config, leaderboard, leaderboard_markdown
+
+    summary = board_summary({"c1": [0.126, 0.030, None], "c2": [0.104, 0.036, 0.070],
+                             "c3": [0.02, 0.03, 0.04]})
+    board = leaderboard(summary, [], pd.DataFrame(index=["c1", "c2", "c3"]), 3)
+    assert board["config_id"].tolist() == ["c2", "c3", "c1"]
+    assert board["rank"].tolist()[:2] == [1, 2] and pd.isna(board["rank"].iloc[2])
+    assert board.loc[2, "miou_full_mean"] == pytest.approx(0.078)  # still shown
+    assert best_config(board) == "c2"
+    md = leaderboard_markdown(board, [], "miou_full")
+    assert "| — | c1 | 2/3 (1 failed: unranked; --resume can complete it) |" in md
+    with pytest.raises(NothingRankedError, match="--resume"):
+        best_config(leaderboard(board_summary({"c1": [0.1, None]}), [],
+                                pd.DataFrame(index=["c1"]), 3))
+
+
+def test_per_class_table_is_each_class_mean_and_std_over_the_finished_folds():
+    from raycity.report import per_class_table
+    from raycity.results import IOU_FULL, IOU_LOW
+
+    rng = np.random.default_rng(0)
+    summary = board_summary({"cv": [0.5, 0.6, 0.7, None]})
+    for col in IOU_LOW + IOU_FULL:
+        summary[col] = rng.uniform(0, 1, len(summary))
+    summary.loc[1, "iou_low_road"] = np.nan  # road absent from fold 2's images
+    lines = per_class_table(summary).splitlines()
+    ok = summary.iloc[:3]  # fold 4 failed: left out
+    road = [r for r in lines if r.startswith("| road |")][0]
+    low = ok["iou_low_road"].dropna()
+    assert road == (f"| road | {low.mean():.4f} ± {low.std(ddof=0):.4f} | "
+                    f"{ok['iou_full_road'].mean():.4f} ± {ok['iou_full_road'].std(ddof=0):.4f} |")
+    bike = ok["iou_low_bicycle"]
+    assert f"| bicycle | {bike.mean():.4f} ± {bike.std(ddof=0):.4f} |" in per_class_table(summary)
+    assert len(lines) == 2 + 19

@@ -14,6 +14,7 @@ import pandas as pd
 
 from tests.conftest import SMOKE_EPOCHS
 from tests.test_faults import METRICS, cv_process, rows, trial_workers, wait_for
+from tests.test_tracking import check_folds_equal_the_table, children_of, runs_of
 
 ALL = 3 * SMOKE_EPOCHS
 
@@ -47,7 +48,7 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
 
     # a trial's worker dies (Tune restarts it once, --max-failures 1); then Ctrl-C in the
     # terminal: SIGINT to the whole process group
-    proc = cv_process(tmp_path, "--name", "run", "--max-failures", "1", env=env)
+    proc = cv_process(tmp_path, "--name", "run", "--max-failures", "1", "--mlflow", env=env)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
     reader.start()
@@ -66,8 +67,13 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     assert one_line_with(out, "interrupted (SIGINT)", f"--resume {original}")
     assert "Traceback" not in out and "Error" not in out, out
     assert out.count(restarted) == 1, out
+    assert "(raylet)" not in out and "worker died" not in out, out  # said once, by raycity
+    assert "(raylet) A worker died or was killed" in (original / "ray.log").read_text()  # there
     first = rows(original)
     assert len(first) < ALL and not first.duplicated(["fold", "epoch"]).any()
+    _, runs = runs_of(tmp_path)  # MLflow: the stopped run's runs end KILLED
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "KILLED"
 
     # the run is copied, and the original moved elsewhere
     copy, moved = tmp_path / "copy", tmp_path / "elsewhere" / "moved"
@@ -104,6 +110,12 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     same_numbers(done, reference)  # as if it had never been interrupted
     assert not original.exists()  # the move did not bring the old folder back
     assert "| 3 | " in (moved / "summary.md").read_text()  # Table 1 over all folds
+    # MLflow: the resumes (a copy's among them) continued the same runs, each step once
+    client, runs = runs_of(tmp_path)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = children_of(runs, parent)
+    assert len(runs) == 4 and len(children) == 3 and parent.info.status == "FINISHED"
+    check_folds_equal_the_table(client, children, done)
 
     # resuming a finished run says so and rebuilds what is missing: the report, and the rows
     # an older copy of the table lacks

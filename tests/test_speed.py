@@ -1,8 +1,9 @@
 """The GPU recipe's switches, run on the CPU: autocast precision, channels-last, loss scaling, and
 the host copies and resumes they must survive (a resumed channels-last fold on CUDA could not
-take its first step: its Adam moments came back in another layout). Every real smoke run of the
-suite (CV, kill and resume, the ASHA sweep, evaluate = Table 1) runs with `--amp on
---channels-last on` (conftest.FORCED_GPU_RECIPE)."""
+take its first step: its Adam moments came back in another layout). Every real run of the
+suite (CV, kill and resume, the ASHA sweep whose folds pause and resume through Tune, evaluate =
+Table 1) trains with `--channels-last on` (conftest.FORCED_LAYOUT); bf16 and fp16 autocast run
+here, in-process."""
 
 from __future__ import annotations
 

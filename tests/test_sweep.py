@@ -8,25 +8,6 @@ import pandas as pd
 import pytest
 
 from raycity import evaluate, predict, sweep
-from tests.conftest import FORCED_GPU_RECIPE
-
-
-@pytest.fixture(scope="module")
-def sweep_run(ray_session, tmp_path_factory, tiny_cityscapes):
-    out = tmp_path_factory.mktemp("sweeps")
-    space = out / "mixed.yaml"
-    # grid and random samplers in one space: the case where Tune alone would give folds
-    # of one configuration different values
-    # and early stopping at epoch 1 of 2, judged on fold means; one configuration at a time,
-    # so the order in which they reach the rung (and so the decision) is the same every run
-    space.write_text("params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
-                     "  dropout: {grid: [0.0, 0.3]}\nnum_samples: 1\nmetric: miou_full\n"
-                     "scheduler:\n  asha: {grace_period: 1, reduction_factor: 2}\n")
-    code = sweep.main(["--space", str(space), "--preset", "smoke", "--epochs", "2",
-                       "--folds", "2", "--data-root", str(tiny_cityscapes), "--max-concurrent",
-                       "1", "--output", str(out), "--name", "mixed", "--cpus-per-trial", "0.5",
-                       *FORCED_GPU_RECIPE[:4]])  # folds paused at the rung resume forced
-    return code, out / "mixed"
 
 
 def test_sweep_ranks_configurations_by_fold_mean(sweep_run):

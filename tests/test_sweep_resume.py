@@ -115,3 +115,19 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     assert len(board) == CONFIGS and {"hp_lr", "hp_dropout"} <= set(board.columns)
     assert board.loc["c2", "folds_failed"] == 1
     assert (run_dir / "figures" / "sweep.png").is_file()
+    # c2 has a failed fold: it is listed, unranked, after the configurations with all folds
+    assert pd.isna(board.loc["c2", "rank"]) and board["rank"].notna().sum() == CONFIGS - 1
+    assert "Best configuration: c2" not in (run_dir / "summary.md").read_text()
+
+    # Disk after a sweep with early stops and a failed fold: every fold that finished or was
+    # stopped dropped its states (only its few-byte epoch records and the exported best
+    # weights stay); the failed fold (it failed before its first state) has none either.
+    states = [p for p in (run_dir / "tune").rglob("*")
+              if p.is_file() and (re.fullmatch(r"(state|best)-\d+\.pt", p.name)
+                                  or any(q.name.startswith("checkpoint_") for q in p.parents))]
+    assert sum(p.stat().st_size for p in states) == 0, states
+    assert board["stopped_early"].any()  # the sweep did stop configurations
+    records = list((run_dir / "tune").rglob("epoch-*.json"))
+    assert len(records) == len(epochs)
+    exported = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert exported == sorted(f"{c}_fold{f}.pt" for c, f in last.index)

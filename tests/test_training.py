@@ -70,6 +70,24 @@ def test_loaders_leave_the_global_rng_to_dropout(tree, workers):
         assert torch.equal(torch.get_rng_state(), before), epoch
 
 
+def test_each_fold_draws_its_own_order_and_augmentations(tree):
+    """The same images as fold 1 and as fold 2 are shuffled and augmented differently (folds
+    are independent experiments), and identically for the same fold and epoch."""
+    from raycity.folds import FoldSplit
+
+    cfg = preset("smoke")
+    split = make_folds([s.key for s in find_samples(tree, "train")], 3, cfg.seed)[0]
+
+    def draws(fold: int, epoch: int) -> list:
+        train, _ = build_loaders(cfg, str(tree), FoldSplit(fold, split.train, split.val),
+                                 torch.device("cpu"), 0)
+        train.sampler.set_epoch(epoch)
+        return list(train.sampler)
+
+    assert draws(1, 1) == draws(1, 1)
+    assert draws(1, 1) != draws(2, 1) and draws(1, 1) != draws(1, 2)
+
+
 def test_validation_inputs_are_identical_with_and_without_the_cache(tree):
     samples = find_samples(tree, "train")
     plain = SegmentationDataset(samples, val_transform((32, 64)), full_mask=True)

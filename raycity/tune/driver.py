@@ -22,21 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from raycity.config import RunOptions
-from raycity.errors import brief
-from raycity.tune.rundir import RunError
+from raycity.errors import Interrupted, brief
+from raycity.run import RunError
 
 LOG_FILE = "ray.log"
 
-
-class Interrupted(BaseException):
-    """The run was stopped by a signal; tables are consistent and `--resume` continues it.
-
-    A BaseException, like KeyboardInterrupt: raised from a signal handler anywhere, even inside
-    library code that catches Exception, it must reach the CLI."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+__all__ = ["Interrupted", "RayLogs", "StopSignals", "connect_ray", "probe_storage"]
 
 
 class RayLogs:
@@ -59,6 +50,31 @@ class RayLogs:
         self.logger.handlers = list(self.active)
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
+        self.route_raylet_messages()
+
+    def route_raylet_messages(self) -> None:
+        """The raylet's error messages ("A worker died or was killed while executing a task by
+        an unexpected system error. To troubleshoot…", a paragraph per kill) reach the driver
+        through a thread of `ray.init` that prints them on stdout whatever `log_to_driver` says.
+        The recorder says the same in one line ("[fold k] its worker stopped; restarting
+        it…"), so they go to ray.log with Ray's other records (and to the console with
+        --ray-logs). Ray's printer is private; if it moves, its messages are printed as before."""
+        import ray._private.worker as ray_worker
+
+        printer = getattr(ray_worker, "print_to_stdstream", None)
+        if printer is None or getattr(printer, "raycity_route", False):
+            return
+        logger = self.logger
+
+        def route(data: dict, ignore_prefix: bool) -> None:
+            if data.get("pid") == "raylet":
+                for line in data.get("lines", []):
+                    logger.warning("(raylet) %s", line)
+            else:
+                printer(data, ignore_prefix)
+
+        route.raycity_route = True  # type: ignore[attr-defined]
+        ray_worker.print_to_stdstream = route
 
     def to_file(self, run_dir: Path) -> None:
         handler = logging.FileHandler(run_dir / LOG_FILE)

@@ -14,16 +14,28 @@ from typing import Any
 
 import pandas as pd
 
-from raycity.config import Config, RunOptions, config_json, heaviest
+from raycity.config import Config, RunOptions, heaviest
 from raycity.data import find_samples
 from raycity.data.cache import cache_problem
 from raycity.data.layout import check_pairs
 from raycity.data.synthetic import dataset_root
-from raycity.errors import failure_message
-from raycity.folds import FoldSplit, load_folds, make_folds, save_folds
+from raycity.errors import Interrupted, failure_message
+from raycity.folds import FoldSplit, make_folds
 from raycity.model import check_pretrained
-from raycity.results import atomic_write_text
+from raycity.run import (
+    EXPERIMENT_NAME,
+    RunDir,
+    RunError,
+    RunState,
+    Variant,
+    check_resume_flags,
+    check_run_dir,
+    claim_storage,
+    create_run_dir,
+)
 from raycity.runlock import RunLock
+from raycity.runtables import load_epochs, load_status, write_tables
+from raycity.tracking import Tracker
 from raycity.training import run_fold
 from raycity.tune.driver import RayLogs, StopSignals, connect_ray, probe_storage
 from raycity.tune.recorder import RunRecorder, SchedulerState, recording, trial_key
@@ -34,18 +46,7 @@ from raycity.tune.resources import (
     default_gpus_per_trial,
     fold_plan,
 )
-from raycity.tune.rundir import (
-    EXPERIMENT_NAME,
-    RunError,
-    RunState,
-    Variant,
-    check_resume_flags,
-    check_run_dir,
-    claim_storage,
-    create_run_dir,
-)
 from raycity.tune.searcher import SearchPlan, fan_out
-from raycity.tune.tables import load_epochs, load_status, write_tables
 from raycity.tune.trainable import train_fold
 from raycity.tune.trialfiles import drop_trial_checkpoints, export_best
 
@@ -56,13 +57,15 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
                    hparams: Sequence[str] = (), metric: str = "miou_full", scheduler: Any = None,
                    search: SearchPlan | None = None, explicit: dict[str, Any] | None = None,
                    fold_fn: Callable[..., None] = run_fold,
-                   echo: Callable[[str], None] | None = None) -> tuple[Path, pd.DataFrame | None]:
+                   echo: Callable[[str], None] | None = None,
+                   tracker: Tracker | None = None) -> tuple[Path, pd.DataFrame | None]:
     """Train every variant on every fold (or, with `search`, every configuration it proposes);
     returns the run dir and the final summary.
 
     `fold_fn` is `run_fold`; tests and benchmarks pass stand-ins with its signature (a loss that
     turns NaN, an epoch of a given length). The CLIs never set it. Raises `Interrupted` after a
-    SIGINT / SIGTERM once everything is saved for `--resume`.
+    SIGINT / SIGTERM once everything is saved for `--resume`. With `tracker`, every epoch goes
+    to MLflow too; the caller `finish`es it once the report exists.
     """
     # Tune's own console blocks point at its temp folders; raycity prints one line per epoch
     # and where the results are. (Setting RAY_AIR_NEW_OUTPUT=1 brings Tune's back.)
@@ -80,7 +83,12 @@ def run_experiment(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[
     try:
         lock.acquire()  # before the directory is checked, made or resumed
         return _run(kind, cfg, opts, variants, hparams, metric, scheduler, search,
-                    explicit or {}, fold_fn, echo, stop, logs)
+                    explicit or {}, fold_fn, echo, stop, logs, tracker)
+    except BaseException as err:
+        if tracker is not None:  # a --resume sets them running again
+            tracker.stop("KILLED" if isinstance(err, (Interrupted, KeyboardInterrupt))
+                         else "FAILED")
+        raise
     finally:
         lock.release()
         stop.restore()
@@ -91,18 +99,20 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
          hparams: Sequence[str], metric: str, scheduler: Any, search: SearchPlan | None,
          explicit: dict[str, Any],
          fold_fn: Callable[..., None], echo: Callable[[str], None], stop: StopSignals,
-         logs: RayLogs) -> tuple[Path, pd.DataFrame | None]:
+         logs: RayLogs, tracker: Tracker | None) -> tuple[Path, pd.DataFrame | None]:
     from ray import tune
 
     run_dir = check_run_dir(opts)
     if opts.resume:
         state = RunState.load(run_dir)
         check_resume_flags(state.config, explicit)
-        folds, _ = load_folds(run_dir / "folds.json")
+        folds = RunDir(run_dir).folds()
         if state.synthetic:  # generated again where the run now lies, if need be
             state.data_root = dataset_root(state.config)[0]
         if state.finished:
             echo(f"{run_dir}: this run has finished; rebuilding any missing tables and figures")
+            if tracker is not None:
+                tracker.bind(run_dir, state)
             return run_dir, write_tables(run_dir, state,
                                          load_epochs(run_dir, state, echo, complete=True),
                                          load_status(run_dir))
@@ -151,13 +161,11 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
                 -(-plan.concurrent // len(folds))
         if not opts.resume:
             create_run_dir(run_dir)
-            save_folds(run_dir / "folds.json", folds, {"k": cfg.folds, "seed": cfg.seed,
-                                                       "group_by": cfg.group_by,
-                                                       "data_root": state.data_root})
-            atomic_write_text(run_dir / "config.json", config_json(cfg))
-            atomic_write_text(run_dir / "run.json", state.to_json())
+            RunDir(run_dir).write_new(state, folds)
         logs.to_file(run_dir)
         claim_storage(state, run_dir)
+        if tracker is not None:
+            tracker.bind(run_dir, state)
         if opts.resume:
             write_tables(run_dir, state, load_epochs(run_dir, state, echo, complete=True),
                          load_status(run_dir))
@@ -168,7 +176,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
                                  keep_states=opts.keep_trial_checkpoints),
             {"cpu": plan.cpus, "gpu": plan.gpus, "memory": plan.memory})
         t0 = time.time()
-        with recording(run_dir, state, echo, stop, opts.keep_trial_checkpoints), \
+        with recording(run_dir, state, echo, stop, opts.keep_trial_checkpoints, tracker), \
                 stop.tune_loop():
             path = state.experiment_path(run_dir)
             if opts.resume and tune.Tuner.can_restore(path):
@@ -187,7 +195,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
                 export_best(run_dir, state, key, result)
         if not status:
             state.finished = True
-            atomic_write_text(run_dir / "run.json", state.to_json())
+            RunDir(run_dir).save(state)
         if not opts.keep_trial_checkpoints:
             # every fold that did not fail is done for good (finished, or stopped early) and
             # exported: its states are only disk; a failed fold keeps its own for --resume
@@ -219,7 +227,7 @@ def tuned_limits(state: RunState) -> list[dict[str, Any]]:
     if state.search.get("space"):
         from raycity.tune.space import parse_space
 
-        limits += parse_space(state.search["space"], "run.json").extremes()
+        limits += parse_space(state.search["space"], "the run's search").extremes()
     return limits
 
 

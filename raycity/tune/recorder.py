@@ -24,11 +24,12 @@ from raycity.results import (
     atomic_write_text,
     epochs_frame,
 )
+from raycity.run import RunDir, RunState
+from raycity.runtables import hp_column, load_epochs, load_status, tuned, write_tables
 from raycity.snapshots import FoldCheckpoints
+from raycity.tracking import Tracker
 from raycity.training import NOTICE, REPLAYED
 from raycity.tune.driver import StopSignals
-from raycity.tune.rundir import RunState
-from raycity.tune.tables import hp_column, load_epochs, load_status, tuned, write_tables
 from raycity.tune.trainable import USER_ERROR
 
 
@@ -39,6 +40,7 @@ class Recording:
     echo: Callable[[str], None]
     stop: StopSignals | None = None
     keep_states: bool = False  # --keep-trial-checkpoints
+    tracker: Tracker | None = None  # MLflow, when asked
 
 
 _current: Recording | None = None
@@ -46,10 +48,11 @@ _current: Recording | None = None
 
 @contextlib.contextmanager
 def recording(run_dir: Path, state: RunState, echo: Callable[[str], None],
-              stop: StopSignals | None = None, keep_states: bool = False) -> Iterator[None]:
+              stop: StopSignals | None = None, keep_states: bool = False,
+              tracker: Tracker | None = None) -> Iterator[None]:
     """The run that recorders in this driver write to while Tune runs."""
     global _current
-    _current = Recording(run_dir, state, echo, stop, keep_states)
+    _current = Recording(run_dir, state, echo, stop, keep_states, tracker)
     try:
         yield
     finally:
@@ -64,7 +67,7 @@ def write_told(told: list[dict]) -> None:
     """searcher.json: what a sweep's searcher was told, configuration by configuration, in order
     (the figure's best-so-far curve, and the check that it heard the fold means)."""
     if _current is not None:
-        atomic_write_text(_current.run_dir / "searcher.json", json.dumps(told, indent=1))
+        atomic_write_text(RunDir(_current.run_dir).searcher, json.dumps(told, indent=1))
 
 
 class RunRecorder(tune.Callback):
@@ -131,11 +134,13 @@ class RunRecorder(tune.Callback):
                        for r in self.rows):
                 self.rows.append(row)
                 self.flush()
+                self.track(key, row)
             return
         self.rows.append(row)
         self.status.pop(key, None)
         self.flush(key[1])
         self.tensorboard(key, row)
+        self.track(key, row)
         if result.get(NOTICE):
             self.run.echo(f"[{who(state, key)}] {result[NOTICE]}")
         self.run.echo(progress_line(state, key, row))
@@ -151,6 +156,8 @@ class RunRecorder(tune.Callback):
         said = f"the same error as {who(self.run.state, before[0])}" if before else message
         self.run.echo(f"[{who(self.run.state, key)}] FAILED: {said}")
         self.flush()
+        if self.run.tracker is not None:
+            self.run.tracker.fold_ended(*key, "FAILED")
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         """A crash (a killed worker, a lost node) that Tune retries: said, so that a fold
@@ -162,6 +169,12 @@ class RunRecorder(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.drop_if_stopped(trial)
         self.flush()
+        if self.run.tracker is not None:  # finished, or stopped early by the scheduler
+            self.run.tracker.fold_ended(*trial_key(trial), "FINISHED")
+
+    def track(self, key: tuple[str, int], row: dict) -> None:
+        if self.run.tracker is not None:
+            self.run.tracker.epoch(*key, row)
 
     def drop_if_stopped(self, trial: Any) -> None:
         """A fold that ends without its own record of finishing was stopped by early stopping:
@@ -187,7 +200,7 @@ class RunRecorder(tune.Callback):
 
         name = f"{key[0]}_fold{key[1]}"
         if name not in self.writers:
-            self.writers[name] = SummaryWriter(str(self.run.run_dir / "tensorboard" / name))
+            self.writers[name] = SummaryWriter(str(RunDir(self.run.run_dir).tensorboard / name))
         w, step = self.writers[name], int(row["epoch"])
         for metric in ("train_loss", "val_loss", "miou_low", "miou_full", "lr"):
             if metric in row:
@@ -201,8 +214,9 @@ class RunRecorder(tune.Callback):
         if fold is not None and state.kind == "cv":  # curves follow the run as it goes
             from raycity.figures import cv_history, fold_history
 
-            fold_history(epochs, fold, run_dir / "figures" / f"fold{fold}_history.png")
-            cv_history(epochs, run_dir / "figures" / "cv_history.png")
+            files = RunDir(run_dir)
+            fold_history(epochs, fold, files.fold_figure(fold, "history"))
+            cv_history(epochs, files.cv_figure)
 
 
 class SchedulerState(tune.Callback):

@@ -11,8 +11,8 @@ import torch
 
 from raycity.config import Config
 from raycity.model import seed_parameter_count, seed_tensor_bytes
+from raycity.run import RunError
 from raycity.training import CUDA_PREFETCH, cpu_split
-from raycity.tune.rundir import RunError
 
 GIB = 2**30
 RUNTIME_BYTES = GIB // 2  # torch, the Ray worker and the loader, measured ≈ 0.5 GiB of RSS

@@ -23,7 +23,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from raycity.errors import brief
-from raycity.results import BEST_BY
+from raycity.results import BEST_BY, mean_std
 from raycity.tune.recorder import write_told
 from raycity.tune.trainable import USER_ERROR
 
@@ -209,7 +209,7 @@ class FoldFanOut(Searcher):
         record = {"config_id": group["config_id"], "values": group["values"],
                   "folds": len(scores), "error": failed}
         if not failed:
-            mean, std = float(np.mean(scores)), float(np.std(scores))
+            mean, std = mean_std(scores)
             record.update(mean=mean, std=std)
         if group["told"]:
             index = next(i for i, r in enumerate(self.told) if r["config_id"] == group["config_id"])

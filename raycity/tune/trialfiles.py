@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from raycity.foldfiles import STATE_DIR
+from raycity.run import RunDir, RunState
 from raycity.snapshots import FoldCheckpoints
-from raycity.tune.rundir import RunState
 
 
 def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: Any) -> None:
@@ -21,8 +21,7 @@ def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: An
     best = FoldCheckpoints(f"{result.path}/{STATE_DIR}", fs).best_file()
     if best is None:
         return
-    prefix = "" if state.kind == "cv" else f"{key[0]}_"
-    target = run_dir / "checkpoints" / f"{prefix}fold{key[1]}.pt"
+    target = RunDir(run_dir).checkpoint(key[1], None if state.kind == "cv" else key[0])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)

@@ -1,10 +1,12 @@
-"""A run directory and what `run.json` records, so that `--resume` can find and check it.
+"""A run directory: every file a run keeps is named here (`RunDir`), what `run.json` records
+(`RunState`), and the checks that let `--resume` find it, copy-safe and move-safe.
 
 A run on local storage is self-contained: Tune's experiment lives in `<run>/tune`, and nothing
 in `run.json` names the run's own absolute path, so a copied or moved run resumes where it lies
 and never touches another run's files. A run on shared `--storage-path` records that storage and
 leaves a marker there naming the run directory that owns it; a copy of such a run is refused on
-`--resume` instead of writing into the original's storage.
+`--resume` instead of writing into the original's storage. Ray-free: `report`, `evaluate` and
+`predict` read runs through this module alone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from raycity.config import Config, RunOptions
+from raycity.config import config_json as config_text
+from raycity.data.synthetic import dataset_root
 from raycity.errors import UserError, brief
+from raycity.folds import FoldSplit, load_folds, save_folds
+from raycity.results import atomic_write_text
 
 EXPERIMENT_NAME = "tune"  # Tune's experiment folder inside the run dir (local storage)
 OWNER_FILE = "raycity-owner.json"  # in a shared storage's experiment folder: who resumes it
@@ -25,6 +31,105 @@ OWNER_FILE = "raycity-owner.json"  # in a shared storage's experiment folder: wh
 
 class RunError(UserError, RuntimeError):
     """A run that cannot start or resume as asked; the message says what to do."""
+
+
+class RunDir:
+    """The files of one run, by what they hold. Everything else asks this class for a path."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:  # for files that are not the run's own
+        return self.path / name
+
+    run_json = property(lambda self: self.path / "run.json")  # RunState: kind, data, search
+    config_json = property(lambda self: self.path / "config.json")  # the frozen Config
+    folds_json = property(lambda self: self.path / "folds.json")  # the split, image keys
+    epochs = property(lambda self: self.path / "epochs.parquet")  # one row per fold and epoch
+    status = property(lambda self: self.path / "status.json")  # folds that failed
+    summary = property(lambda self: self.path / "summary.parquet")  # a row per fold, best epoch
+    summary_md = property(lambda self: self.path / "summary.md")  # Table 1
+    leaderboard = property(lambda self: self.path / "leaderboard.parquet")  # a sweep's ranking
+    leaderboard_md = property(lambda self: self.path / "leaderboard.md")
+    searcher = property(lambda self: self.path / "searcher.json")  # what the searcher was told
+    report = property(lambda self: self.path / "report.md")
+    val = property(lambda self: self.path / "val.parquet")  # raycity.evaluate's scores
+    tracking = property(lambda self: self.path / "mlflow.json")  # MLflow run ids, if tracked
+    figures = property(lambda self: self.path / "figures")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    def fold_figure(self, fold: int, kind: str) -> Path:
+        """figures/fold<k>_<kind>.png, kind "history" or "prediction"."""
+        return self.figures / f"fold{fold}_{kind}.png"
+
+    cv_figure = property(lambda self: self.figures / "cv_history.png")  # every fold's curves
+    sweep_figure = property(lambda self: self.figures / "sweep.png")  # fold means vs values
+
+    def relative(self, path: Path) -> str:
+        """As report.md links it."""
+        return path.relative_to(self.path).as_posix()
+
+    def checkpoint(self, fold: int, config_id: str | None = None) -> Path:
+        """A fold's exported best weights: checkpoints/[<config>_]fold<k>.pt (no prefix in a CV)."""
+        return self.checkpoints / f"{f'{config_id}_' if config_id else ''}fold{fold}.pt"
+
+    def fold_checkpoints(self, config_id: str | None = None) -> dict[int, Path]:
+        prefix = f"{config_id}_" if config_id else ""
+        found = {}
+        for path in self.checkpoints.glob(f"{prefix}fold*.pt"):
+            number = path.stem.removeprefix(prefix).removeprefix("fold")
+            if number.isdigit():
+                found[int(number)] = path
+        return dict(sorted(found.items()))
+
+    def models(self) -> dict[str, Path]:
+        """Model name (fold1…foldK) → exported checkpoint, for a CV run or the best (ranked)
+        configuration of a sweep: what `evaluate`, `predict` and the report use."""
+        import pandas as pd
+
+        from raycity.results import best_config
+
+        best = best_config(pd.read_parquet(self.leaderboard), self.path) \
+            if self.leaderboard.is_file() else None
+        found = {f"fold{k}": path for k, path in self.fold_checkpoints(best).items()}
+        if not found:
+            raise FileNotFoundError(f"{self.checkpoints}: no fold checkpoints (is this a "
+                                    f"finished raycity run?)")
+        return found
+
+    def write_new(self, state: RunState, folds: list[FoldSplit]) -> None:
+        """A new run's three files: the split, the frozen Config, and run.json (written last:
+        a folder without it is not a run)."""
+        cfg = state.config
+        save_folds(self.folds_json, folds, {"k": cfg.folds, "seed": cfg.seed,
+                                            "group_by": cfg.group_by,
+                                            "data_root": state.data_root})
+        atomic_write_text(self.config_json, config_text(cfg))
+        self.save(state)
+
+    def save(self, state: RunState) -> None:
+        atomic_write_text(self.run_json, state.to_json())
+
+    def is_run(self) -> bool:
+        return self.run_json.is_file()
+
+    def state(self) -> RunState:
+        return RunState.load(self.path)
+
+    def config(self) -> Config:
+        return self.state().config
+
+    def folds(self) -> list[FoldSplit]:
+        return load_folds(self.folds_json)[0]
+
+    def data_root(self, override: str | None = None) -> str:
+        """The data the run trained on: `override` (--data-root), else the run's own (its
+        synthetic scenes are generated again if this machine lacks them)."""
+        if override:
+            return override
+        state = self.state()
+        return dataset_root(state.config)[0] if state.synthetic else state.data_root
 
 
 @dataclass(frozen=True)
@@ -63,21 +168,22 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
-        if not (run_dir / "run.json").is_file():
+        files = RunDir(run_dir)
+        if not files.is_run():
             raise RunError(f"{run_dir}: not a raycity run (no run.json); pass the folder of a "
                            f"run, e.g. results/<name>")
         raw, config = None, None
-        for name in ("run.json", "config.json"):
+        for path in (files.run_json, files.config_json):
             try:
-                loaded = json.loads((run_dir / name).read_text())
-                if name == "run.json":
+                loaded = json.loads(path.read_text())
+                if path == files.run_json:
                     if not isinstance(loaded, dict) or "kind" not in loaded:
                         raise ValueError("not the run.json of a raycity run")
                     raw = loaded
                 else:
                     config = Config.from_dict(loaded)
             except (OSError, ValueError, UserError, KeyError, TypeError) as err:
-                raise RunError(f"{run_dir / name}: damaged ({brief(err)}); it cannot be "
+                raise RunError(f"{path}: damaged ({brief(err)}); it cannot be "
                                f"rebuilt — restore it from a copy of the run") from err
         storage = raw.get("storage")
         if "storage_path" in raw and raw["experiment_name"] != EXPERIMENT_NAME:
@@ -100,7 +206,7 @@ def check_run_dir(opts: RunOptions) -> Path:
     """A new run must not silently merge into an old one; `--resume` needs one that exists."""
     run_dir = Path(opts.run_dir)
     if opts.resume:
-        if not (run_dir / "run.json").is_file():
+        if not RunDir(run_dir).is_run():
             raise RunError(f"--resume {run_dir}: no such run (no run.json there)")
     elif run_dir.exists() and any(run_dir.iterdir()) and not opts.overwrite:
         raise RunError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, "
@@ -148,8 +254,8 @@ def claim_storage(state: RunState, run_dir: Path) -> None:
         owner = None
     if owner and owner.get("run_dir") != here and owner.get("run_id") == state.run_id:
         original = Path(owner["run_dir"])
-        if (original / "run.json").is_file() and \
-                json.loads((original / "run.json").read_text()).get("run_id") == state.run_id:
+        if RunDir(original).is_run() and \
+                json.loads(RunDir(original).run_json.read_text()).get("run_id") == state.run_id:
             raise RunError(f"--resume {run_dir}: this is a copy of {original}, whose experiment "
                            f"is in the shared storage {state.experiment_path(run_dir)}; resuming "
                            f"the copy would train into the original's trials. Resume "

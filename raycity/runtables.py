@@ -1,5 +1,6 @@
-"""Driver-side: the run's tables on disk — epochs.parquet, summary.parquet, Table 1, status.json —
-and the record each fold keeps of its epochs, from which a lost or short table is rebuilt."""
+"""A run's tables on disk — epochs.parquet, summary.parquet, Table 1, status.json — kept by the
+driver as trials report, and rebuilt from the record each fold keeps of its epochs when one is
+lost or short (by `--resume`, `raycity.report` and `raycity.evaluate` alike, without Ray)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from raycity.results import (
     summarize,
     table1_markdown,
 )
+from raycity.run import RunDir, RunState
 from raycity.snapshots import FoldCheckpoints
-from raycity.tune.rundir import RunState
 
 # a trial's folder, `<config>_fold<k>_<trial id>` (a trial id may hold '_': `c05b1_00000`)
 TRIAL_DIR = re.compile(r"^.+?_fold\d+_(.+)$")
@@ -47,7 +48,7 @@ def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None], *,
     fewer epochs than were trained. (Tune's own result.json starts over in each session.)
     `complete` (on --resume) also adds the epochs the folds recorded and the table lacks: a
     driver killed between a fold's record and its table write, or an older copy of the table."""
-    path = run_dir / "epochs.parquet"
+    path = RunDir(run_dir).epochs
     try:
         table = pd.read_parquet(path)
         if not complete:
@@ -72,7 +73,7 @@ def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None], *,
 
 def load_status(run_dir: Path) -> dict[tuple[str, int], str]:
     """status.json: the folds that failed, as the last driver left them."""
-    path = run_dir / "status.json"
+    path = RunDir(run_dir).status
     if not path.is_file():
         return {}
     return {(c, int(f)): s for c, f, s in json.loads(path.read_text())}
@@ -118,14 +119,15 @@ def trial_records(experiment_path: str, state: RunState) -> list[dict]:
 
 def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
                  status: dict[tuple[str, int], str]) -> pd.DataFrame | None:
-    atomic_write_parquet(epochs, run_dir / "epochs.parquet")
-    atomic_write_text(run_dir / "status.json", json.dumps([[c, f, s] for (c, f), s in status.items()]))
+    files = RunDir(run_dir)
+    atomic_write_parquet(epochs, files.epochs)
+    atomic_write_text(files.status, json.dumps([[c, f, s] for (c, f), s in status.items()]))
     if epochs.empty and not status:
         return None
     summary = summarize(epochs, status, folds=state.config.folds,
                         config_ids=[v.config_id for v in state.variants])
-    atomic_write_parquet(summary, run_dir / "summary.parquet")
+    atomic_write_parquet(summary, files.summary)
     if state.kind == "cv":
-        atomic_write_text(run_dir / "summary.md", table1_markdown(
+        atomic_write_text(files.summary_md, table1_markdown(
             summary, state.config.image_size, first_label_size(state.data_root)))
     return summary
