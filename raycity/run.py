@@ -49,9 +49,15 @@ class RunDir:
     status = property(lambda self: self.path / "status.json")  # folds that failed
     summary = property(lambda self: self.path / "summary.parquet")  # a row per fold, best epoch
     summary_md = property(lambda self: self.path / "summary.md")  # Table 1
+    per_class = property(lambda self: self.path / "per_class.parquet")  # IoU by class and fold
     leaderboard = property(lambda self: self.path / "leaderboard.parquet")  # a sweep's ranking
     leaderboard_md = property(lambda self: self.path / "leaderboard.md")
     searcher = property(lambda self: self.path / "searcher.json")  # what the searcher was told
+    comparison = property(lambda self: self.path / "comparison.parquet")  # paired tests
+
+    def comparison_with(self, label: str) -> Path:
+        """raycity.compare's table of this run against another."""
+        return self.path / f"comparison-vs-{label.replace('/', '_').replace(':', '_')}.parquet"
     report = property(lambda self: self.path / "report.md")
     val = property(lambda self: self.path / "val.parquet")  # raycity.evaluate's scores
     tracking = property(lambda self: self.path / "mlflow.json")  # MLflow run ids, if tracked

@@ -12,14 +12,18 @@ from typing import Any
 
 import pandas as pd
 
+from raycity.constants import CLASS_KEYS
 from raycity.data.layout import first_label_size
 from raycity.errors import brief
 from raycity.foldfiles import STATE_DIR
 from raycity.results import (
     EPOCH_COLUMNS,
+    IOU_FULL,
+    IOU_LOW,
     atomic_write_parquet,
     atomic_write_text,
     epochs_frame,
+    fold_stats,
     summarize,
     table1_markdown,
 )
@@ -127,7 +131,27 @@ def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
     summary = summarize(epochs, status, folds=state.config.folds,
                         config_ids=[v.config_id for v in state.variants])
     atomic_write_parquet(summary, files.summary)
+    atomic_write_parquet(per_class_frame(summary), files.per_class)
     if state.kind == "cv":
         atomic_write_text(files.summary_md, table1_markdown(
             summary, state.config.image_size, first_label_size(state.data_root)))
     return summary
+
+
+def per_class_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """per_class.parquet: for each configuration and class, the IoU (low- and full-res) of every
+    fold that finished at its best epoch, beside their mean ± std (ddof=0) over those folds."""
+    rows = []
+    for config_id, group in summary[summary["status"] == "ok"].groupby("config_id", sort=True):
+        for key, low, full in zip(CLASS_KEYS, IOU_LOW, IOU_FULL):
+            if low not in group:
+                continue
+            (low_mean, low_std), (full_mean, full_std) = fold_stats(group, low), fold_stats(group, full)
+            stats = {"iou_low_mean": low_mean, "iou_low_std": low_std,
+                     "iou_full_mean": full_mean, "iou_full_std": full_std}
+            rows += [{"config_id": config_id, "class": key, "fold": int(r["fold"]),
+                      "iou_low": r[low], "iou_full": r[full], **stats}
+                     for r in group.to_dict("records")]
+    return pd.DataFrame(rows, columns=["config_id", "class", "fold", "iou_low", "iou_full",
+                                       "iou_low_mean", "iou_low_std", "iou_full_mean",
+                                       "iou_full_std"])

@@ -194,6 +194,7 @@ def tuned_values(state: RunState, epochs: pd.DataFrame, told: list[dict]) -> pd.
 def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
     """leaderboard.{parquet,md}, the best configuration's Table 1 as summary.md, the search as
     figures/sweep.png and TensorBoard's hparams view."""
+    from raycity.comparison import compare, comparison_markdown
     from raycity.data.layout import first_label_size
     from raycity.figures import sweep_figure
     from raycity.results import (
@@ -218,13 +219,17 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
         else state.config.epochs
     board = leaderboard(summary, columns, values, lengths, state.metric)
     atomic_write_parquet(board, files.leaderboard)
-    atomic_write_text(files.leaderboard_md,
-                      leaderboard_markdown(board, columns, state.metric))
+    markdown = leaderboard_markdown(board, columns, state.metric)
     try:
         best = best_config(board, run_dir)
     except NothingRankedError as err:
+        atomic_write_text(files.leaderboard_md, markdown)
         atomic_write_text(files.summary_md, f"No best configuration: {err}\n")
     else:
+        table = compare(summary, best, files.folds())
+        atomic_write_parquet(table, files.comparison)
+        atomic_write_text(files.leaderboard_md,
+                          f"{markdown}\n{comparison_markdown(table, state.metric, summary)}")
         table = table1_markdown(summary[summary["config_id"] == best], state.config.image_size,
                                 first_label_size(state.data_root))
         atomic_write_text(files.summary_md, f"Best configuration: {best}\n\n{table}")
