@@ -189,6 +189,10 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
             lines += ["Each configuration's fold mean ± std against each tuned value, and the best "
                       "fold mean so far as configurations finished:", "",
                       f"![the search]({files.relative(files.sweep_figure)})", ""]
+        for figure, text in ((files.parallel_figure, "every configuration through its values"),
+                             (files.importance_figure, "what mattered")):
+            if figure.is_file():
+                lines += [f"![{text}]({files.relative(figure)})", ""]
     lines += ["## Figures", ""]
     if files.cv_figure.is_file():
         lines += [f"![all folds]({files.relative(files.cv_figure)})", ""]

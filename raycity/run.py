@@ -71,6 +71,9 @@ class RunDir:
 
     cv_figure = property(lambda self: self.figures / "cv_history.png")  # every fold's curves
     sweep_figure = property(lambda self: self.figures / "sweep.png")  # fold means vs values
+    parallel_figure = property(lambda self: self.figures / "parallel_coordinates.png")
+    importance_figure = property(lambda self: self.figures / "importance.png")
+    importance = property(lambda self: self.path / "importance.parquet")  # what mattered
 
     def relative(self, path: Path) -> str:
         """As report.md links it."""

@@ -208,6 +208,12 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
     )
     from raycity.run import RunDir
     from raycity.runtables import hp_column
+    from raycity.searchview import (
+        importance,
+        importance_figure,
+        importance_markdown,
+        parallel_coordinates,
+    )
     files = RunDir(run_dir)
     state = files.state()
     epochs = pd.read_parquet(files.epochs)
@@ -219,7 +225,15 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
         else state.config.epochs
     board = leaderboard(summary, columns, values, lengths, state.metric)
     atomic_write_parquet(board, files.leaderboard)
+    log_scaled = state.search.get("log_scaled", [])
+    mattered = importance(board, state.hparams, log_scaled, state.metric)
+    atomic_write_parquet(mattered, files.importance)
+    if not mattered.empty:
+        importance_figure(mattered, files.importance_figure)
+    parallel_coordinates(board, state.hparams, log_scaled, state.metric, files.parallel_figure)
     markdown = leaderboard_markdown(board, columns, state.metric)
+    if not mattered.empty:
+        markdown += "\n" + importance_markdown(mattered)
     try:
         best = best_config(board, run_dir)
     except NothingRankedError as err:
@@ -233,8 +247,7 @@ def write_leaderboard(run_dir: Path, summary: pd.DataFrame) -> pd.DataFrame:
         table = table1_markdown(summary[summary["config_id"] == best], state.config.image_size,
                                 first_label_size(state.data_root))
         atomic_write_text(files.summary_md, f"Best configuration: {best}\n\n{table}")
-    sweep_figure(board, told, state.hparams, state.search.get("log_scaled", []), state.metric,
-                 files.sweep_figure)
+    sweep_figure(board, told, state.hparams, log_scaled, state.metric, files.sweep_figure)
     tensorboard_hparams(run_dir, board, state.hparams, state.metric)
     return board
 

@@ -71,6 +71,10 @@ def test_a_sweep_writes_the_comparison_its_tables_give(sweep_run):
         assert abs(row.p_value - 2 * stats.t.sf(abs(t), len(diffs) - 1)) <= 1e-9
     assert "corrected resampled t-test" in (run_dir / "leaderboard.md").read_text()
     assert "corrected resampled t-test" in (run_dir / "report.md").read_text()
+    # two configurations: a parallel-coordinates figure, and nothing to apportion yet
+    assert (run_dir / "figures" / "parallel_coordinates.png").is_file()
+    assert "parallel_coordinates.png" in (run_dir / "report.md").read_text()
+    assert pd.read_parquet(run_dir / "importance.parquet").empty
 
 
 def write_run(root, name: str, data_root, seed: int, scores: dict[int, float]):
@@ -154,3 +158,37 @@ def test_the_classes_that_moved_most_are_named():
     moved = class_differences(pd.DataFrame(rows), "b", "a")
     assert [k for k, _ in moved] == ["car", "road", "sky"]
     assert moved[0][1] == pytest.approx(-0.20) and moved[2][1] == pytest.approx(0.015)
+
+
+def a_search(n: int = 10) -> pd.DataFrame:
+    """A leaderboard whose fold means depend on lr alone (a bump at 1e-4), not on dropout."""
+    rng = np.random.default_rng(4)
+    lr = 10 ** rng.uniform(-5, -3, n)
+    dropout = rng.uniform(0, 0.5, n)
+    score = 0.6 - 0.2 * (np.log10(lr) + 4) ** 2
+    return pd.DataFrame({"config_id": [f"c{i}" for i in range(n)], "rank": pd.array(
+        np.argsort(np.argsort(-score)) + 1, dtype="Int64"), "hp_lr": lr, "hp_dropout": dropout,
+        "miou_full_mean": score, "miou_full_std": 0.01})
+
+
+def test_importance_finds_the_value_that_mattered(tmp_path):
+    from raycity.searchview import importance, importance_figure, parallel_coordinates
+
+    board = a_search()
+    table = importance(board, ["lr", "dropout"], ["lr"], "miou_full").set_index("param")
+    assert table["importance"].sum() == pytest.approx(1)
+    assert table.loc["lr", "importance"] > 0.8 > table.loc["dropout", "importance"]
+    assert (table["configurations"] == 10).all() and set(table["evaluator"]) == {"fanova"}
+    importance_figure(table.reset_index(), tmp_path / "importance.png")
+    assert parallel_coordinates(board, ["lr", "dropout"], ["lr"], "miou_full",
+                                tmp_path / "parallel.png")
+    from PIL import Image
+
+    for name in ("importance.png", "parallel.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.width > 400
+    # two configurations, or one tuned value, leave nothing to apportion
+    assert importance(board.iloc[:2], ["lr", "dropout"], ["lr"], "miou_full").empty
+    assert importance(board, ["lr"], ["lr"], "miou_full").empty
+    unranked = board.assign(rank=pd.array([None] * 10, dtype="Int64"))
+    assert importance(unranked, ["lr", "dropout"], ["lr"], "miou_full").empty
