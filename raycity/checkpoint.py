@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -17,22 +16,6 @@ FILENAME = "checkpoint.pt"
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, or of another model."""
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Streamed to a temporary name, then renamed: a reader never sees half a checkpoint.
-
-    No fsync: at 1.8 GB (weights + Adam state) it would cost ~10 s an epoch, and the copy that
-    must survive is the one Ray Tune persists to storage.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path | BinaryIO,

@@ -36,15 +36,14 @@ from raycity.engine import (
 )
 from raycity.errors import UserError
 from raycity.folds import FoldSplit
+from raycity.foldsession import NOTICE, FoldSession
 from raycity.metrics import iou_per_class, mean_iou
 from raycity.model import UNetResNet50, empty_model
 from raycity.snapshots import FoldCheckpoints
 from raycity.speed import Speed, check_device, match_layouts, resolve_speed
 
 Report = Callable[[dict[str, Any], "str | None"], None]
-REPLAYED = "replayed"  # a result key: said before, said again after a resume (no new row)
 CUDA_PREFETCH = 4  # batches each loader worker keeps ready for a GPU
-NOTICE = "notice"  # a result key: one line for the user about this fold (e.g. a damaged state)
 
 
 class FoldOutOfMemoryError(UserError, torch.OutOfMemoryError):
@@ -167,29 +166,6 @@ def fold_metrics(fold: int, epoch: int, lr: float, train, val) -> dict[str, Any]
     return metrics
 
 
-def rungs_passed(checkpoints: FoldCheckpoints, sync_epochs: Collection[int],
-                 resume: dict[str, Any]) -> list[dict[str, Any]]:
-    """The results this fold reported at the synchronous epochs (early-stopping rungs) it has
-    passed, to be reported again when it resumes.
-
-    A driver killed after a rung's result reached it, but before Tune's next snapshot, comes
-    back with a scheduler that never heard it: the fold's siblings would wait at that rung for
-    a result this fold, resuming past it, would never send. Where the rung was heard, a second
-    hearing changes nothing (a decided rung is not judged again). The rung's record is missing
-    when the crash fell between the state and the record (so the epoch was never reported):
-    it is written now from the state's own metrics.
-    """
-    replay = []
-    for epoch in sorted(e for e in sync_epochs if e <= resume["epoch"]):
-        metrics = checkpoints.recorded(epoch)
-        if metrics is None and epoch == resume["epoch"]:
-            metrics = dict(resume["meta"]["metrics"])
-            checkpoints.record(metrics)
-        if metrics is not None:
-            replay.append({**metrics, REPLAYED: True})
-    return replay
-
-
 def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
              checkpoints: FoldCheckpoints | None = None, sync_epochs: Collection[int] = (),
              cpus: float = 1, device: torch.device | None = None,
@@ -201,11 +177,9 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
     with the best epoch's weights on disk; epochs in `sync_epochs` are written before they are
     reported. The same numbers come out whether a fold runs through or is resumed.
     """
-    if checkpoints is not None and (done := checkpoints.done()) is not None:
-        # a fold restarted after it had finished (its end reached the fold's record but not
-        # Tune's snapshot): say its last epoch again, train nothing
-        report({**{k: v for k, v in done.items() if k not in checkpoints.labels},
-                REPLAYED: True}, None)
+    session = FoldSession(checkpoints, cfg.epochs, sync_epochs)
+    if (last := session.finished()) is not None:  # said again, nothing trained
+        report(last, None)
         return
     device = device or pick_device()
     check_device(device)
@@ -218,7 +192,7 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
     random.seed(cfg.seed * 1000 + split.fold)
     speed = fold_speed(cfg, device)
     # on the CPU: RNG states must stay CPU tensors, and load_state_dict copies to the device
-    resume = checkpoints.resume(map_location="cpu") if checkpoints is not None else None
+    resume = session.resume(map_location="cpu")
     model = build_model(cfg, speed, empty=resume is not None)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
@@ -236,11 +210,11 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
         set_rng_state(resume["rng"], device)
         first_epoch = resume["epoch"] + 1
         best = resume.get("best_metrics", best)
-        replay = rungs_passed(checkpoints, sync_epochs, resume)
+        replay = session.replay(resume)
         del resume
     for metrics in replay:
         report(metrics, None)
-    notice = checkpoints.notice if checkpoints is not None else None
+    notice = session.notice
     forward = torch.compile(model) if cfg.compile else model
     train_loader, val_loader = build_loaders(cfg, root, split, device, workers)
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -269,30 +243,18 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
                        precision=speed.precision, channels_last=speed.channels_last,
                        compiled=speed.compiled)
         scheduler.step(metrics[cfg.plateau_metric])
-        saved = None
-        if checkpoints is not None:
-            meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
-                    "config": cfg.to_dict(), "created": time.time(), "threads": threads,
-                    "device": device.type,
-                    "metrics": {k: float(v) for k, v in metrics.items()
-                                if isinstance(v, (int, float)) and np.isfinite(v)}}
-            save = checkpoints.end_of_epoch(
-                epoch, metrics["miou_low"], model.state_dict,
-                lambda epoch=epoch, meta=meta, best=best: {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "rng": rng_state(device), "meta": meta, "best_metrics": best},
-                meta, last=epoch == cfg.epochs, sync=epoch in sync_epochs)
-            if epoch == cfg.epochs:
-                end = checkpoints.close()
-                save.seconds += end.seconds
-                save.bytes += end.bytes
-            saved = save.saved
-            metrics.update(checkpoint_seconds=save.seconds, checkpoint_bytes=save.bytes)
-            checkpoints.record(metrics)
-            if epoch == cfg.epochs:
-                checkpoints.mark_done(metrics)
+        meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
+                "config": cfg.to_dict(), "created": time.time(), "threads": threads,
+                "device": device.type,
+                "metrics": {k: float(v) for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and np.isfinite(v)}}
+        saved = session.end_epoch(
+            epoch, metrics, model.state_dict,
+            lambda epoch=epoch, meta=meta, best=best: {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "rng": rng_state(device), "meta": meta, "best_metrics": best},
+            meta)
         if notice is not None:  # said once, with the first epoch trained after the resume
             report({**metrics, NOTICE: notice}, saved)
             notice = None

@@ -22,7 +22,7 @@ import torch
 from raycity.checkpoint import ARCH
 from raycity.constants import NUM_CLASSES
 from raycity.data.dataset import derive_seed
-from raycity.training import REPLAYED, rungs_passed
+from raycity.foldsession import FoldSession
 
 SPACE = {"params": {"lr": {"loguniform": [1.0e-6, 1.0e-1]}, "dropout": {"uniform": [0.0, 0.5]}}}
 NOISE = 0.02  # std of a fold's deviation from the true score (folds really do differ)
@@ -100,12 +100,12 @@ def standin_fold(cfg, split, root, report, *, checkpoints=None, sync_epochs=(), 
                  device=None, **kwargs) -> None:
     """`run_fold` for the stand-in: resumes from its checkpoints, writes one every epoch."""
     values = {"lr": cfg.lr, "dropout": cfg.dropout}
-    if checkpoints is not None and (done := checkpoints.done()) is not None:
-        report({**{k: v for k, v in done.items() if k not in checkpoints.labels},
-                REPLAYED: True}, None)
+    session = FoldSession(checkpoints, cfg.epochs, sync_epochs)  # the protocol run_fold follows
+    if (last := session.finished()) is not None:
+        report(last, None)
         return
-    state = checkpoints.resume() if checkpoints is not None else None
-    for metrics in rungs_passed(checkpoints, sync_epochs, state) if state else ():
+    state = session.resume()
+    for metrics in session.replay(state):
         report(metrics, None)
     for epoch in range((state["epoch"] + 1) if state else 1, cfg.epochs + 1):
         time.sleep(float(os.environ.get(EPOCH_S, "0.5")))
@@ -122,19 +122,11 @@ def standin_fold(cfg, split, root, report, *, checkpoints=None, sync_epochs=(), 
             with open(os.environ[LOG], "a") as f:
                 f.write(json.dumps({**values, "fold": split.fold, "epoch": epoch,
                                     "time": time.time()}) + "\n")
-        saved = None
-        if checkpoints is not None:
-            meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
-                    "config": cfg.to_dict(), "metrics": {"fold": split.fold, "epoch": epoch,
-                                                         "miou_low": score, "miou_full": score}}
-            weights = {"score": torch.tensor([score])}
-            state = {"model": weights, "epoch": epoch, "meta": meta}
-            save = checkpoints.end_of_epoch(epoch, score, weights.copy, state.copy, meta,
-                                            last=epoch == cfg.epochs, sync=True)
-            if epoch == cfg.epochs:
-                checkpoints.close()
-            saved = save.saved
-            checkpoints.record(metrics)
-            if epoch == cfg.epochs:
-                checkpoints.mark_done(metrics)
+        meta = {"arch": ARCH, "num_classes": NUM_CLASSES, "fold": split.fold, "epoch": epoch,
+                "config": cfg.to_dict(), "metrics": {"fold": split.fold, "epoch": epoch,
+                                                     "miou_low": score, "miou_full": score}}
+        weights = {"score": torch.tensor([score])}
+        saved = session.end_epoch(epoch, metrics, weights.copy,
+                                  {"model": weights, "epoch": epoch, "meta": meta}.copy, meta,
+                                  sync=True)  # a tiny state: written before it is reported
         report(metrics, saved)

@@ -16,7 +16,7 @@ CORE = ["raycity.config", "raycity.constants", "raycity.data", "raycity.data.cac
         "raycity.results", "raycity.figures", "raycity.report", "raycity.evaluate", "raycity.predict",
         "raycity.run", "raycity.runtables", "raycity.foldfiles", "raycity.speed", "raycity.cli",
         "raycity.comparison", "raycity.compare", "raycity.tracking", "raycity.mlflowsetup",
-        "raycity.searchview",
+        "raycity.searchview", "raycity.foldsession",
         "raycity.data.__main__"]
 
 

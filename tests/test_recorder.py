@@ -59,7 +59,7 @@ def test_a_users_mistake_is_not_retried_a_crash_is(tmp_path):
 
 
 def test_a_replayed_result_adds_no_line_and_a_row_only_if_missing(tmp_path):
-    from raycity.training import REPLAYED
+    from raycity.foldsession import REPLAYED
 
     state = RunState("cv", preset("smoke"), [Variant("cv")], str(tmp_path), True, None, "tune", [])
     lines = []

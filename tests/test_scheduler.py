@@ -204,8 +204,8 @@ def test_a_rung_the_restored_scheduler_never_heard_is_said_again_by_the_resuming
     Tune's snapshot held fold 2's rung result: restored, the scheduler keeps fold 1 waiting for
     it. Fold 2 resumes from its state past the rung and says its rungs again, from its records
     (or, for the epoch its state holds, from the state's metrics)."""
+    from raycity.foldsession import REPLAYED, FoldSession
     from raycity.snapshots import FoldCheckpoints
-    from raycity.training import REPLAYED, rungs_passed
 
     s = FoldMeanASHA("m", folds=2, max_t=8, grace_period=1, reduction_factor=3)  # rungs 1, 3
     trials, tc = fleet(["mid"])
@@ -220,7 +220,7 @@ def test_a_rung_the_restored_scheduler_never_heard_is_said_again_by_the_resuming
     for epoch, value in ((1, 0.7), (2, 0.72)):
         fold2.record({"fold": 2, "epoch": epoch, "m": value})
     state = {"epoch": 3, "meta": {"metrics": {"fold": 2, "epoch": 3, "m": 0.75}}}  # no record
-    replay = rungs_passed(fold2, {1, 3}, state)
+    replay = FoldSession(fold2, 5, {1, 3}).replay(state)
     assert [(r["epoch"], r["m"], r[REPLAYED]) for r in replay] == [(1, 0.7, True),
                                                                  (3, 0.75, True)]
     assert fold2.recorded(3) == {"fold": 2, "epoch": 3, "m": 0.75}  # never reported: now recorded
@@ -230,4 +230,4 @@ def test_a_rung_the_restored_scheduler_never_heard_is_said_again_by_the_resuming
     assert decisions == [TrialScheduler.CONTINUE, TrialScheduler.PAUSE]  # rung 1 judged; waits at 3
     assert restarted.record[1] == {"mid": pytest.approx(0.65)}
     assert restarted.choose_trial_to_run(tc) is trials[("mid", 1)]  # released at last
-    assert rungs_passed(fold2, {5}, state) == []  # a rung not yet reached is not said
+    assert FoldSession(fold2, 5, {5}).replay(state) == []  # a rung not yet reached is not said

@@ -19,6 +19,7 @@ from ray import tune
 
 from raycity.errors import failure_message
 from raycity.foldfiles import STATE_DIR
+from raycity.foldsession import NOTICE, REPLAYED
 from raycity.results import (
     EPOCH_COLUMNS,
     atomic_write_text,
@@ -28,7 +29,6 @@ from raycity.run import RunDir, RunState
 from raycity.runtables import hp_column, load_epochs, load_status, tuned, write_tables
 from raycity.snapshots import FoldCheckpoints
 from raycity.tracking import Tracker
-from raycity.training import NOTICE, REPLAYED
 from raycity.tune.driver import StopSignals
 from raycity.tune.trainable import USER_ERROR
 
