@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from raycity import __version__
 from raycity.errors import brief
 from raycity.mlflowsetup import HTTP_LIMITS, check_installed, git_commit, tracking_uri
 from raycity.results import IOU_FULL, IOU_LOW, atomic_write_text, fold_stats
@@ -119,7 +120,7 @@ class Tracker:
         cfg = state.config
         tags = {"raycity.run": run_dir.name, "raycity.kind": state.kind,
                 "raycity.data_root": state.data_root, "raycity.synthetic": str(state.synthetic),
-                "raycity.version": _version(), "raycity.run_dir": str(run_dir.resolve())}
+                "raycity.version": __version__, "raycity.run_dir": str(run_dir.resolve())}
         if (commit := git_commit()) is not None:
             tags["mlflow.source.git.commit"] = commit
         params = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
@@ -297,9 +298,3 @@ class Tracker:
         if self.unlogged:
             self.echo(f"MLflow: {self.unlogged} call(s) of this session were not logged to "
                       f"{self.uri} ({self.broken}); the run's Parquet tables hold everything")
-
-
-def _version() -> str:
-    from raycity import __version__
-
-    return __version__
