@@ -26,7 +26,9 @@ def load_side(spec: str) -> tuple[str, RunDir, pd.DataFrame, list[FoldSplit]]:
     """(label, run, its summary rows for the configuration meant, its folds)."""
     from raycity.report import read_tables
 
-    path, _, config_id = spec.rpartition(":") if not Path(spec).exists() else (spec, "", "")
+    path, config_id = spec, ""
+    if ":" in spec and not Path(spec).exists():  # SWEEP:c3
+        path, _, config_id = spec.rpartition(":")
     files = RunDir(path)
     state = files.state()  # names the folder when it is not a run
     _, summary = read_tables(files.path)

@@ -115,7 +115,9 @@ def test_the_compare_command_pairs_two_runs_by_fold(tmp_path, tiny_cityscapes, c
     err = capsys.readouterr().err
     assert "cut into different folds" in err and len(err.strip().splitlines()) == 1
     assert command.main([str(a), str(tmp_path / "nothing")]) == 2
-    assert "not a raycity run" in capsys.readouterr().err
+    assert f"{tmp_path / 'nothing'}: not a raycity run" in capsys.readouterr().err
+    assert command.main([str(a), f"{a}:c7"]) == 2  # a CV run has no configuration c7
+    assert "no configuration 'c7'" in capsys.readouterr().err
 
 
 def test_per_class_table_holds_every_fold_and_their_mean(tmp_path, tiny_cityscapes):
