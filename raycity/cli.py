@@ -11,13 +11,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raycity.config import PRESETS, Config, ConfigError, RunOptions, preset
 from raycity.errors import Interrupted, UserError, find_storage_error
 from raycity.mlflowsetup import INSTALL
 from raycity.run import RunDir
 from raycity.speed import SWITCH
+
+if TYPE_CHECKING:
+    from raycity.tracking import Tracker
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -187,6 +190,18 @@ def build_options(args: argparse.Namespace, preset_name: str) -> RunOptions:
                       resume=bool(args.resume), overwrite=args.overwrite,
                       mlflow=args.mlflow or bool(args.mlflow_uri), mlflow_uri=args.mlflow_uri,
                       mlflow_experiment=args.mlflow_experiment)
+
+
+def tracker_for(opts: RunOptions, echo: Callable[[str], None] = print) -> Tracker | None:
+    """A tracker when --mlflow asks for one, or when the run being resumed was tracked (it
+    continues in its own store); checked before anything launches."""
+    from raycity.mlflowsetup import check_installed, tracking_uri
+    from raycity.tracking import Tracker
+
+    if not (opts.mlflow or (opts.resume and RunDir(opts.run_dir).tracking.is_file())):
+        return None
+    check_installed()
+    return Tracker(tracking_uri(opts.output, opts.mlflow_uri), opts.mlflow_experiment, echo)
 
 
 def guarded(args: argparse.Namespace, command: str,

@@ -43,6 +43,13 @@ def load_side(spec: str) -> tuple[str, RunDir, pd.DataFrame, list[FoldSplit]]:
     return label, files, rows, files.folds()
 
 
+def rope_width(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a width in mIoU, 0 or more")
+    return value
+
+
 def same_split(a: list[FoldSplit], b: list[FoldSplit]) -> bool:
     return [(f.fold, sorted(f.val)) for f in a] == [(f.fold, sorted(f.val)) for f in b]
 
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("b", metavar="RUN_B", help="the candidate, e.g. results/after or results/lr:c3")
     p.add_argument("--metric", choices=["miou_full", "miou_low"], default="miou_full",
                    help="what the printed section shows (both are written)")
-    p.add_argument("--rope", type=float, default=ROPE,
+    p.add_argument("--rope", type=rope_width, default=ROPE,
                    help=f"region of practical equivalence, in mIoU (default {ROPE})")
     args = p.parse_args(argv)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly
+from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly, tracker_for
 from raycity.config import Config, RunOptions
 
 
@@ -30,11 +30,9 @@ def main(argv: list[str] | None = None) -> int:
 def cross_validate(cfg: Config, explicit: dict[str, Any], opts: RunOptions) -> int:
     from raycity.report import write_report
     from raycity.run import RunDir
-    from raycity.tracking import tracker_for
     from raycity.tune.experiment import Variant, run_experiment
 
-    tracker = tracker_for(opts.run_dir, opts.output, opts.mlflow, opts.mlflow_uri,
-                          opts.mlflow_experiment, opts.resume)
+    tracker = tracker_for(opts)
     run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], explicit=explicit,
                                       tracker=tracker)
     if summary is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly
+from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly, tracker_for
 from raycity.config import Config, RunOptions, heaviest
 from raycity.run import RunDir
 
@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_sweep(args: argparse.Namespace, cfg: Config, explicit: dict[str, Any],
               opts: RunOptions) -> int:
     from raycity.report import write_report
-    from raycity.tracking import tracker_for
     from raycity.tune.experiment import run_experiment
 
     if args.resume:
@@ -72,8 +71,7 @@ def run_sweep(args: argparse.Namespace, cfg: Config, explicit: dict[str, Any],
             raise SpaceError(f"--resume {args.resume}: {', '.join(fixed)} cannot change "
                              f"(the search continues as it started); drop them")
     plan_ = resumed_plan(Path(opts.run_dir)) if args.resume else plan(args, cfg, explicit)
-    tracker = tracker_for(opts.run_dir, opts.output, opts.mlflow, opts.mlflow_uri,
-                          opts.mlflow_experiment, opts.resume)
+    tracker = tracker_for(opts)
     run_dir, summary = run_experiment("sweep", cfg, opts, plan_["variants"],
                                       hparams=plan_["hparams"], metric=plan_["metric"],
                                       scheduler=plan_["scheduler"], search=plan_["search"],

@@ -19,25 +19,19 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from raycity import __version__
 from raycity.errors import brief
-from raycity.mlflowsetup import HTTP_LIMITS, check_installed, git_commit, tracking_uri
+from raycity.mlflowsetup import (
+    HTTP_LIMITS,
+    local_uri,
+    moved_store,
+    run_params,
+    run_tags,
+)
 from raycity.results import IOU_FULL, IOU_LOW, atomic_write_text, fold_stats
 from raycity.run import RunDir, RunState
 
 EPOCH_METRICS = ["train_loss", "val_loss", "miou_low", "miou_full", "lr", *IOU_LOW, *IOU_FULL]
 ATTEMPTS = 3  # per call, with a short pause between: seconds in all, never minutes
-
-
-def tracker_for(run_dir: str | Path, output: str | Path, asked: bool, uri: str | None,
-                experiment: str, resume: bool, echo: Callable[[str], None] = print
-                ) -> Tracker | None:
-    """A tracker when --mlflow asks for one, or when the run being resumed was tracked (it
-    continues in its own store); checked before anything launches."""
-    if not (asked or (resume and RunDir(run_dir).tracking.is_file())):
-        return None
-    check_installed()
-    return Tracker(tracking_uri(output, uri), experiment, echo)
 
 
 class Tracker:
@@ -58,15 +52,12 @@ class Tracker:
         self.ids: dict[str, Any] = {}
         self.broken: str | None = None  # the first error: nothing more is sent
         self.unlogged = 0
-        self.seconds = 0.0  # time spent in MLflow calls (the note's per-epoch cost)
-        self.calls = 0
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.broken is not None:
             self.unlogged += 1
             return None
-        t0 = time.perf_counter()
         for attempt in range(ATTEMPTS):
             try:
                 result = fn(*args, **kwargs)
@@ -79,8 +70,6 @@ class Tracker:
                               f"the run goes on without MLflow (its tables keep everything)")
                     return None
                 time.sleep(0.5 * (attempt + 1))
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
         return result
 
     def _save(self) -> None:
@@ -94,10 +83,13 @@ class Tracker:
 
         self.files, self.state = RunDir(run_dir), state
         saved = self.files.tracking
-        if saved.is_file():
-            self.ids = json.loads(saved.read_text())
+        ids = json.loads(saved.read_text()) if saved.is_file() else {}
+        if ids.get("top"):  # a first start that could not reach MLflow starts it now
+            self.ids = ids
             self.uri = self.ids.get("uri", self.uri)
             self.experiment = self.ids.get("experiment", self.experiment)
+            if self.ids.get("local"):  # the whole output folder may have moved, store and all
+                self.uri = self.ids["uri"] = moved_store(self.uri, run_dir)
             self.client = MlflowClient(tracking_uri=self.uri)
             for run_id in self._open_runs():
                 self._call("resuming a run", self.client.update_run, run_id, status="RUNNING")
@@ -112,23 +104,13 @@ class Tracker:
             return
         self.client = MlflowClient(tracking_uri=self.uri)
         self.ids = {"uri": self.uri, "experiment": self.experiment, "top": None,
+                    "local": self.uri == local_uri(run_dir.parent),
                     "parents": {}, "children": {}, "steps": {}, "ended": []}
         experiment_id = self._call("opening the experiment", self._experiment_id)
         if experiment_id is None:
             return
         self.ids["experiment_id"] = experiment_id
-        cfg = state.config
-        tags = {"raycity.run": run_dir.name, "raycity.kind": state.kind,
-                "raycity.data_root": state.data_root, "raycity.synthetic": str(state.synthetic),
-                "raycity.version": __version__, "raycity.run_dir": str(run_dir.resolve())}
-        if (commit := git_commit()) is not None:
-            tags["mlflow.source.git.commit"] = commit
-        params = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
-                  for k, v in cfg.to_dict().items()}
-        if state.kind == "sweep":
-            params.update({f"search.{k}": str(v) for k, v in state.search.items()
-                           if k in ("method", "num_samples", "max_concurrent", "seed")})
-        top = self._run(run_dir.name, tags, params)
+        top = self._run(run_dir.name, run_tags(run_dir, state), run_params(state))
         self.ids["top"] = top
         if state.kind == "cv" and top is not None:
             self.ids["parents"]["cv"] = top
@@ -219,6 +201,25 @@ class Tracker:
         if self.broken is None:  # logged: a resume will not log these steps again
             self.ids["steps"][key] = sorted(logged | {int(r["epoch"]) for r in rows})
             self._save()
+
+    def forget(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Folds that start over from epoch 1 (trials Tune had not saved when its driver died):
+        their MLflow runs are deleted, so the new epochs are logged once, to new runs (and in a
+        sweep, a configuration left with no fold loses its run too: it may come back with
+        other values)."""
+        if not self.ids.get("top"):
+            return
+        for config_id, fold in keys:
+            key = f"{config_id}/{fold}"
+            self.ids["steps"].pop(key, None)
+            if (run_id := self.ids["children"].pop(key, None)) is not None:
+                self._call(f"retiring fold {fold}'s run", self.client.delete_run, run_id)
+        alive = {key.split("/")[0] for key in self.ids["children"]}
+        for config_id in [c for c in self.ids["parents"] if c not in alive]:
+            if self.ids["parents"][config_id] != self.ids["top"]:
+                self._call(f"retiring {config_id}'s run", self.client.delete_run,
+                           self.ids["parents"].pop(config_id))
+        self._save()
 
     def fold_ended(self, config_id: str, fold: int, status: str) -> None:
         """FINISHED (finished, or stopped early by the scheduler) or FAILED."""

@@ -4,6 +4,7 @@ summary, resumes without duplicates, and a tracking server that is down costing 
 
 from __future__ import annotations
 
+import json
 import sys
 
 import cloudpickle
@@ -171,3 +172,43 @@ def test_a_resumed_tracker_continues_its_runs_and_logs_no_step_twice(tmp_path):
     assert by_name["c1_fold1"].info.status == by_name["c2_fold1"].info.status == "FINISHED"
     assert by_name["c3_fold1"].info.status == "FAILED"
     assert by_name["run"].info.status == "FINISHED" and not (tmp_path / "elsewhere").exists()
+
+
+def test_folds_that_start_over_get_new_runs_and_a_store_down_at_first_is_used_later(tmp_path):
+    """A trial Tune had not saved starts over: its MLflow run is retired (deleted) and its
+    epochs go to a new one, once. A first start that could not reach MLflow creates the runs
+    on the next --resume."""
+    from raycity.config import preset
+    from raycity.run import RunDir, RunState
+    from raycity.tracking import Tracker
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    state = RunState("cv", preset("smoke"), [], "data", True, None, "tune", [])
+    RunDir(run_dir).save(state)
+    down = Tracker("http://127.0.0.1:9", "raycity", lambda line: None)  # nothing listens
+    down.bind(run_dir, state)
+    saved = RunDir(run_dir).tracking
+    assert down.broken and (not saved.is_file() or json.loads(saved.read_text())["top"] is None)
+
+    tracker = Tracker(local_uri(tmp_path), "raycity", print)
+    tracker.bind(run_dir, state)  # the resume: created now, in the store asked for
+    row = {"epoch": 1, "miou_low": 0.1, "miou_full": 0.1}
+    tracker.epoch("cv", 1, row)
+    tracker.forget({("cv", 1)})
+    tracker.epoch("cv", 1, {**row, "miou_low": 0.3})
+    client, runs = runs_of(tmp_path)  # deleted runs are not listed
+    (fold,) = [r for r in runs if r.info.run_name == "fold1"]
+    assert history(client, fold, "miou_low") == [(1, pytest.approx(0.3))] and len(runs) == 2
+
+
+def test_a_moved_output_folder_keeps_using_its_own_store(tmp_path):
+    from raycity.mlflowsetup import moved_store
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    (new / "run").mkdir(parents=True)
+    (new / "mlflow.db").write_bytes(b"")
+    assert moved_store(local_uri(old), new / "run") == local_uri(new)  # moved, store and all
+    old.mkdir()
+    (old / "mlflow.db").write_bytes(b"")
+    assert moved_store(local_uri(old), new / "run") == local_uri(old)  # the old one still there

@@ -111,6 +111,9 @@ class RunRecorder(tune.Callback):
             restored = {trial_key(t) for t in trials}
             kept = [r for r in self.rows if (r["config_id"], int(r["fold"])) in restored]
             if len(kept) < len(self.rows):
+                if self.run.tracker is not None:  # those folds start over, in new runs
+                    self.run.tracker.forget({(r["config_id"], int(r["fold"])) for r in self.rows
+                                             if (r["config_id"], int(r["fold"])) not in restored})
                 self.rows = kept
                 self.flush()
 
