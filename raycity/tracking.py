@@ -283,9 +283,8 @@ class Tracker:
         if files.figures.is_dir():
             self._call("storing the figures", self.client.log_artifacts, self.ids["top"],
                        str(files.figures), "figures")
-        failed = set(summary.loc[summary["status"].str.startswith("failed"), "config_id"]
-                     .astype(str) + "/" + summary.loc[summary["status"].str.startswith("failed"),
-                                                      "fold"].astype(str))
+        failed = {f"{r.config_id}/{r.fold}" for r in summary.itertuples()
+                  if r.status.startswith("failed")}
         for key, run_id in self.ids["children"].items():
             if run_id not in self.ids["ended"]:
                 self.fold_ended(*key.split("/"), "FAILED" if key in failed else "FINISHED")
