@@ -31,6 +31,14 @@ def image_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def channels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected five comma-separated widths, e.g. 2048,1024,512,256,64") from err
+
+
 # flag → Config field, for every recipe flag; None default = "not given, keep the preset's"
 RECIPE_FLAGS: dict[str, tuple[str, Any, str]] = {
     "epochs": ("--epochs", int, "epochs per fold"),
@@ -39,6 +47,9 @@ RECIPE_FLAGS: dict[str, tuple[str, Any, str]] = {
     "lr": ("--lr", float, "Adam learning rate (seed: 1e-4)"),
     "weight_decay": ("--weight-decay", float, "Adam weight decay"),
     "dropout": ("--dropout", float, "Dropout2d probability in the bottleneck"),
+    "decoder_channels": ("--decoder-channels", channels,
+                         "widths of the bottleneck and the 4 decoder stages "
+                         "(seed: 2048,1024,512,256,64; smoke: 256,128,64,32,16)"),
     "folds": ("--folds", int, "K of K-fold cross-validation (seed: 3)"),
     "seed": ("--seed", int, "seed of the fold split and of training"),
     "pretrained": ("--pretrained", str, "encoder weights: imagenet | none | PATH"),

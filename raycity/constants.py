@@ -16,6 +16,9 @@ NUM_CLASSES = len(TRAIN_CLASSES)
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in TRAIN_CLASSES)
 # Column-safe names for tables ("traffic light" → "traffic_light").
 CLASS_KEYS: tuple[str, ...] = tuple(n.replace(" ", "_") for n in CLASS_NAMES)
+# An epoch's full-resolution confusion matrix in the tables (rows: true class, columns:
+# predicted), its NUM_CLASSES² pixel counts row by row: what confusion.parquet is cut from.
+CONFUSION = "confusion_full"
 CLASS_COLORS = np.array([c.color for c in TRAIN_CLASSES], dtype=np.uint8)
 
 # Every label id of the official table (0…33 plus -1 "license plate", which never appears in PNGs).

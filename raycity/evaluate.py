@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from raycity.cli import fail, user_errors
-from raycity.constants import CLASS_KEYS, NUM_CLASSES
+from raycity.constants import CLASS_KEYS, CONFUSION, NUM_CLASSES
 from raycity.data import find_samples
 from raycity.data.layout import Sample
 from raycity.data.transforms import resize_mask
@@ -44,6 +44,7 @@ def score_rows(cms: dict[tuple[str, str], dict[str, torch.Tensor]], split: str, 
         for res, cm in by_res.items():
             row[f"miou_{res}"] = mean_iou(cm)
             row.update({f"iou_{res}_{k}": float(v) for k, v in zip(CLASS_KEYS, iou_per_class(cm))})
+        row[CONFUSION] = by_res["full"].flatten().tolist()  # rows true, columns predicted
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -84,7 +85,7 @@ def _evaluate_models(loaded: dict, cfg, data_root: str, split: str, ttas: list[T
             for name, (model, _, _) in loaded.items():
                 preds = predict_batch([model], [image for image, _ in pairs], cfg, tta, device)
                 for pred, truth in zip(preds, truths):
-                    cms[(name, tta.name)]["full"] += confusion_matrix(pred.full.argmax(0).cpu(),
+                    cms[(name, tta.name)]["full"] += confusion_matrix(pred.classes_full.cpu(),
                                                                       truth)
                 totals = [p.full for p in preds] if totals is None else \
                     [t + p.full for t, p in zip(totals, preds)]
@@ -126,8 +127,8 @@ def _score_fold(name: str, model: torch.nn.Module, cfg, samples: list[Sample],
         preds = predict_batch([model], [image for image, _ in pairs], cfg, device=device,
                               low_res=True)
         for pred, (_, truth) in zip(preds, pairs):
-            cms["full"] += confusion_matrix(pred.full.argmax(0).cpu(), truth)
-            cms["low"] += confusion_matrix(pred.low.argmax(0).cpu(),
+            cms["full"] += confusion_matrix(pred.classes_full.cpu(), truth)
+            cms["low"] += confusion_matrix(pred.classes_low.cpu(),
                                            resize_mask(truth, cfg.image_size))
     return score_rows({(name, TTA().name): cms}, FOLDS, images, skipped)
 

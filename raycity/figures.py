@@ -183,3 +183,36 @@ def sweep_figure(board: pd.DataFrame, told: list[dict], hparams: list[str],
     fig.suptitle(f"Sweep: {len(ok)} configurations judged on all folds", weight="bold")
     fig.tight_layout()
     save_png(_render(fig), path)
+
+
+def confusion_figure(matrix: np.ndarray, path: str | Path, title: str) -> None:
+    """Where each class's pixels went: the confusion matrix summed over folds, each row (a true
+    class) normalised to 1, so that rare classes read as clearly as road; the diagonal is the
+    recall. Shares above 5 % are printed in the cell."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    fig, ax = plt.subplots(figsize=(9.5, 8.5))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(CLASS_NAMES))
+    ax.set_xticks(ticks, CLASS_NAMES, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [f"{n} ({'—' if t == 0 else f'{t:.1e}'})"
+                          for n, t in zip(CLASS_NAMES, totals[:, 0])], fontsize=8)
+    for i, j in zip(*np.nonzero(share >= 0.05)):
+        ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                color="white" if share[i, j] > 0.6 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class (pixels)")
+    fig.colorbar(image, ax=ax, fraction=0.04, label="share of the true class's pixels")
+    fig.suptitle(title, weight="bold")
+    fig.tight_layout()
+    save_png(_render(fig), path)
+
+
+def most_confused(matrix: np.ndarray, top: int = 3) -> list[tuple[str, str, float]]:
+    """The largest off-diagonal shares of a row-normalised confusion matrix: (true, predicted,
+    share of the true class's pixels)."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    np.fill_diagonal(share, 0)
+    order = np.argsort(share, axis=None)[::-1][:top]
+    return [(CLASS_NAMES[i], CLASS_NAMES[j], float(share[i, j]))
+            for i, j in zip(*np.unravel_index(order, share.shape)) if share[i, j] > 0]

@@ -95,7 +95,7 @@ def model_from_state(state: dict, path: str | Path,
     """The model of an already loaded checkpoint (whose metadata the caller may also need),
     laid out on `device` as training laid it out."""
     cfg = Config.from_dict(state["meta"]["config"])
-    model = empty_model(NUM_CLASSES, dropout=cfg.dropout)
+    model = empty_model(NUM_CLASSES, dropout=cfg.dropout, decoder_channels=cfg.decoder_channels)
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as err:
@@ -116,6 +116,11 @@ class Prediction:
 
     full: torch.Tensor  # C×H×W
     low: torch.Tensor | None = None  # C×h×w at cfg.image_size
+    # the predicted classes (H×W, h×w): of one view, the argmax of its logits, as validation
+    # takes it (the softmax of a nearly uniform prediction can round two classes to a tie);
+    # of several views, the argmax of their mean probabilities
+    classes_full: torch.Tensor | None = None
+    classes_low: torch.Tensor | None = None
 
 
 @torch.inference_mode()
@@ -133,6 +138,8 @@ def predict_batch(models: Sequence[Model], images: Sequence[torch.Tensor], cfg: 
     full = [torch.zeros(NUM_CLASSES, *image.shape[-2:], device=device) for image in images]
     low = [torch.zeros(NUM_CLASSES, *cfg.image_size, device=device) for _ in images] \
         if low_res else None
+    n = len(tta.scales) * len(models) * (2 if tta.flip else 1)
+    classes: dict[tuple[str, int], torch.Tensor] = {}
     for scale in tta.scales:
         size = [max(32, round(cfg.image_size[0] * scale)), max(32, round(cfg.image_size[1] * scale))]
         x = to_device(torch.stack([preprocess(image, size) for image in images]), speed)
@@ -143,12 +150,23 @@ def predict_batch(models: Sequence[Model], images: Sequence[torch.Tensor], cfg: 
                 if flipped:
                     logits = logits.flip(-1)
                 for i, logit in enumerate(logits):
-                    full[i] += upsample(logit, full[i].shape[-2:]).softmax(0)
+                    up = upsample(logit, full[i].shape[-2:])
+                    full[i] += up.softmax(0)
+                    if n == 1:
+                        classes[("full", i)] = up.argmax(0)
                     if low is not None:
-                        low[i] += upsample(logit, cfg.image_size).softmax(0)
-    n = len(tta.scales) * len(models) * (2 if tta.flip else 1)
-    return [Prediction(full[i] / n, low[i] / n if low is not None else None)
-            for i in range(len(images))]
+                        up = upsample(logit, cfg.image_size)
+                        low[i] += up.softmax(0)
+                        if n == 1:
+                            classes[("low", i)] = up.argmax(0)
+    predictions = []
+    for i in range(len(images)):
+        p_full, p_low = full[i] / n, low[i] / n if low is not None else None
+        one = n == 1
+        predictions.append(Prediction(
+            p_full, p_low, classes[("full", i)] if one else p_full.argmax(0),
+            None if p_low is None else classes[("low", i)] if one else p_low.argmax(0)))
+    return predictions
 
 
 def predict_probs(models: Sequence[Model], image: torch.Tensor, cfg: Config, tta: TTA = TTA(),

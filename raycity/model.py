@@ -19,8 +19,11 @@ from raycity.errors import UserError, brief
 
 # Channels of the stem (1/2) and of the four residual stages (1/4 … 1/32).
 ENCODER_CHANNELS = (64, 256, 512, 1024, 2048)
-# Decoder outputs at 1/16, 1/8, 1/4 and 1/2.
-DECODER_CHANNELS = (1024, 512, 256, 64)
+# The seed's decoder widths: the bottleneck at 1/32, then the stage outputs at 1/16 … 1/2. The
+# bottleneck and the first stage hold 100 M of the 147 M parameters; `Config.decoder_channels`
+# narrows them (as segmentation_models_pytorch's `decoder_channels` does) for a light model.
+SEED_DECODER = (2048, 1024, 512, 256, 64)
+DECODER_CHANNELS = SEED_DECODER[1:]
 HEAD_CHANNELS = 32
 
 
@@ -103,17 +106,19 @@ class Head(nn.Module):
 
 
 class UNetResNet50(nn.Module):
-    """The seed study's segmentation network (≈147 M parameters with 19 classes)."""
+    """The seed study's segmentation network (≈147 M parameters with 19 classes and the seed's
+    decoder widths; ≈ 31 M with the smoke preset's narrow decoder, same stages and shapes)."""
 
     def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.0,
-                 pretrained: str = "none") -> None:
+                 pretrained: str = "none",
+                 decoder_channels: tuple[int, ...] = SEED_DECODER) -> None:
         super().__init__()
         stem_c, c1, c2, c3, c4 = ENCODER_CHANNELS
-        d1, d2, d3, d4 = DECODER_CHANNELS
+        b, d1, d2, d3, d4 = decoder_channels
         self.encoder = Encoder(pretrained)
-        self.bottleneck = ConvBlock(c4, c4, dropout=dropout)
+        self.bottleneck = ConvBlock(c4, b, dropout=dropout)
         self.decoder = nn.ModuleList([
-            DecoderStage(c4, c3, d1),
+            DecoderStage(b, c3, d1),
             DecoderStage(d1, c2, d2),
             DecoderStage(d2, c1, d3),
             DecoderStage(d3, stem_c, d4),
@@ -197,27 +202,28 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def empty_model(num_classes: int = NUM_CLASSES, dropout: float = 0.0,
-                device: torch.device | str = "cpu") -> UNetResNet50:
+                device: torch.device | str = "cpu",
+                decoder_channels: tuple[int, ...] = SEED_DECODER) -> UNetResNet50:
     """The architecture with uninitialised tensors on `device`, for loading a checkpoint into:
     drawing 147 M random weights first would only cost seconds to be overwritten. (Loading must
     then be strict, so that no tensor is left uninitialised.)"""
     with torch.device("meta"):
-        model = UNetResNet50(num_classes, dropout=dropout, pretrained="none")
+        model = UNetResNet50(num_classes, dropout=dropout, pretrained="none",
+                             decoder_channels=decoder_channels)
     return model.to_empty(device=device)
 
 
-@functools.lru_cache(maxsize=1)
-def seed_parameter_count() -> int:
-    """Parameters of the seed architecture, counted on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        return count_parameters(UNetResNet50(NUM_CLASSES))
+def parameter_count(decoder_channels: tuple[int, ...] = SEED_DECODER) -> int:
+    """Parameters of the architecture, counted on the meta device (nothing allocated)."""
+    return sum(tensor_bytes(decoder_channels)[1]) // 4
 
 
-def seed_tensor_bytes() -> tuple[list[int], list[int]]:
-    """Bytes of each tensor of the seed architecture's state dict, and of each parameter, on
-    the meta device: what host copies of its weights and optimizer state allocate, block by
+@functools.lru_cache(maxsize=8)
+def tensor_bytes(decoder_channels: tuple[int, ...] = SEED_DECODER) -> tuple[list[int], list[int]]:
+    """Bytes of each tensor of the architecture's state dict, and of each parameter, on the
+    meta device: what host copies of its weights and optimizer state allocate, block by
     block."""
     with torch.device("meta"):
-        model = UNetResNet50(NUM_CLASSES)
+        model = UNetResNet50(NUM_CLASSES, decoder_channels=tuple(decoder_channels))
     return ([t.numel() * t.element_size() for t in model.state_dict().values()],
             [p.numel() * p.element_size() for p in model.parameters()])

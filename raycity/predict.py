@@ -53,7 +53,7 @@ def _export(model: torch.nn.Module, cfg, data_root: str, split: str, out: Path, 
             continue
         preds = predict_batch([model], [image for image, _ in pairs], cfg, tta, device)
         for sample, pred in zip(kept, preds):
-            train_ids = pred.full.argmax(0).cpu().numpy()
+            train_ids = pred.classes_full.cpu().numpy()
             target = out / "labelIds" / sample.city / f"{sample.name}_pred_labelIds.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(TRAIN_TO_LABEL[train_ids]).save(target)

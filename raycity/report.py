@@ -25,7 +25,7 @@ from raycity.results import (
     table1_markdown,
 )
 from raycity.run import RunDir
-from raycity.runtables import load_epochs, load_status, write_tables
+from raycity.runtables import confusion_frame, load_epochs, load_status, write_tables
 
 PANEL_IMAGES = 3  # fixed validation images per panel: the first keys of the fold's val list
 PANEL_WIDTH = 384  # display width of a panel cell
@@ -75,8 +75,8 @@ def fold_panel(checkpoint: Path, samples: list[Sample], device: torch.device | N
     rows, preds = [], []
     with threads_like_training(meta, device):
         for image, truth in pairs:
-            pred = predict_batch([model], [image], cfg, device=device)[0].full
-            pred = pred.argmax(0).cpu().numpy().astype(np.uint8)
+            pred = predict_batch([model], [image], cfg, device=device)[0].classes_full
+            pred = pred.cpu().numpy().astype(np.uint8)
             preds.append(pred)
             rows.append((display(image.permute(1, 2, 0).numpy()), display(truth.numpy()),
                          display(pred)))
@@ -115,6 +115,29 @@ def tensorboard_image(run_dir: Path, name: str, panel: np.ndarray) -> None:
 
     with SummaryWriter(str(RunDir(run_dir).tensorboard / name)) as writer:
         writer.add_image("prediction", panel, dataformats="HWC")
+
+
+def summed_confusion(epochs: pd.DataFrame, summary: pd.DataFrame) -> np.ndarray | None:
+    """The full-resolution confusion matrix summed over the folds that finished, each at its
+    best epoch (None: the run's epochs predate the matrices in the tables)."""
+    frame = confusion_frame(epochs, summary)
+    if frame.empty:
+        return None
+    n = len(CLASS_NAMES)  # each fold's block: n × n rows, true class by true class
+    return frame["pixels"].to_numpy().reshape(-1, n, n).sum(axis=0)
+
+
+def confusion_section(matrix: np.ndarray, files: RunDir) -> list[str]:
+    from raycity.figures import most_confused
+
+    pairs = most_confused(matrix)
+    said = "; ".join(f"{t} → {p} ({100 * share:.1f} % of {t})" for t, p, share in pairs)
+    lines = ["## Confusion (full resolution, summed over folds at their best epochs)", "",
+             f"Most confused: {said}." if said else "No pixel was confused.", ""]
+    if files.confusion_figure.is_file():
+        lines += [f"![confusion]({files.relative(files.confusion_figure)})", ""]
+    return lines + [f"Pixels by true and predicted class: `{files.relative(files.confusion)}`.",
+                    ""]
 
 
 def per_class_table(summary: pd.DataFrame) -> str:
@@ -163,6 +186,12 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
         summary = summary[summary["config_id"] == best]
     if figures:
         write_figures(run_dir, epochs, best)
+    confusion = summed_confusion(epochs, summary)
+    if figures and confusion is not None:
+        from raycity.figures import confusion_figure
+
+        confusion_figure(confusion, files.confusion_figure,
+                         f"Full-res confusion, {best or 'cross-validation'}: rows normalised")
     sizes = tuple(config["image_size"]), first_label_size(state.data_root)
     lines = [f"# {run_dir.name}: {heading} report", "",
              f"UNet-ResNet50, {config['folds']}-fold cross-validation on the train split of "
@@ -176,6 +205,8 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
         lines.append(f"| {r.fold} | {r.best_epoch} | {r.epochs_done} | {wall} | {r.status} |")
     lines += ["", "## Per-class IoU (mean ± std over folds, at each fold's best epoch)", "",
               per_class_table(summary), ""]
+    if confusion is not None:
+        lines += confusion_section(confusion, files)
     if files.val.is_file():
         table = pd.read_parquet(files.val)
         lines += [f"## Official {table['split'].iloc[0]} split", "",

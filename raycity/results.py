@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raycity.constants import CLASS_KEYS
+from raycity.constants import CLASS_KEYS, CONFUSION
 from raycity.errors import UserError, storage_error
 
 KEY_COLUMNS = ["config_id", "fold", "epoch"]
@@ -30,7 +30,8 @@ TIME_COLUMNS = ["epoch_seconds", "train_seconds", "eval_seconds", "train_images_
 RUN_COLUMNS = ["node_id", "gpu_ids", "device", "torch_threads", "loader_workers", "precision",
                "channels_last", "compiled"]
 PENDING = "pending (no epoch recorded)"
-EPOCH_COLUMNS = KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
+EPOCH_COLUMNS = (KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
+                 + [CONFUSION])
 BEST_BY = "miou_low"  # the seed picks each fold's best epoch by its low-res val mIoU
 _UMASK = os.umask(0)  # read once: files get the permissions the user's umask allows
 os.umask(_UMASK)
@@ -71,7 +72,10 @@ def epochs_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
         return pd.DataFrame(columns=EPOCH_COLUMNS)
     for col in EPOCH_COLUMNS:
         if col not in df:
-            df[col] = np.nan
+            df[col] = None if col == CONFUSION else np.nan
+    if CONFUSION in df:  # a list per epoch; null where the epoch predates it (old tables)
+        df[CONFUSION] = [[int(v) for v in m] if isinstance(m, (list, tuple, np.ndarray)) else None
+                         for m in df[CONFUSION]]
     extra = [c for c in df.columns if c not in EPOCH_COLUMNS]
     df = df[KEY_COLUMNS + extra + EPOCH_COLUMNS[len(KEY_COLUMNS):]]
     df = df.drop_duplicates(KEY_COLUMNS, keep="last")

@@ -50,9 +50,12 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.parquet")  # a row per fold, best epoch
     summary_md = property(lambda self: self.path / "summary.md")  # Table 1
     per_class = property(lambda self: self.path / "per_class.parquet")  # IoU by class and fold
+    # pixels by (true, predicted) class at each fold's best epoch
+    confusion = property(lambda self: self.path / "confusion.parquet")
     leaderboard = property(lambda self: self.path / "leaderboard.parquet")  # a sweep's ranking
     leaderboard_md = property(lambda self: self.path / "leaderboard.md")
     searcher = property(lambda self: self.path / "searcher.json")  # what the searcher was told
+    study = property(lambda self: self.path / "optuna.journal")  # the same, for optuna-dashboard
     comparison = property(lambda self: self.path / "comparison.parquet")  # paired tests
 
     def comparison_with(self, label: str) -> Path:
@@ -73,6 +76,7 @@ class RunDir:
     sweep_figure = property(lambda self: self.figures / "sweep.png")  # fold means vs values
     parallel_figure = property(lambda self: self.figures / "parallel_coordinates.png")
     importance_figure = property(lambda self: self.figures / "importance.png")
+    confusion_figure = property(lambda self: self.figures / "confusion.png")
     importance = property(lambda self: self.path / "importance.parquet")  # what mattered
 
     def relative(self, path: Path) -> str:

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from raycity.constants import CLASS_KEYS
+from raycity.constants import CLASS_KEYS, CONFUSION
 from raycity.data.layout import first_label_size
 from raycity.errors import brief
 from raycity.foldfiles import STATE_DIR
@@ -132,6 +133,7 @@ def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
                         config_ids=[v.config_id for v in state.variants])
     atomic_write_parquet(summary, files.summary)
     atomic_write_parquet(per_class_frame(summary), files.per_class)
+    atomic_write_parquet(confusion_frame(epochs, summary), files.confusion)
     if state.kind == "cv":
         atomic_write_text(files.summary_md, table1_markdown(
             summary, state.config.image_size, first_label_size(state.data_root)))
@@ -155,3 +157,23 @@ def per_class_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["config_id", "class", "fold", "iou_low", "iou_full",
                                        "iou_low_mean", "iou_low_std", "iou_full_mean",
                                        "iou_full_std"])
+
+
+def confusion_frame(epochs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """confusion.parquet, long: the full-resolution pixels of every (true, predicted) class pair
+    at the best epoch of each fold that finished — the matrix behind that fold's Table 1 value."""
+    columns = ["config_id", "fold", "epoch", "true_class", "predicted_class", "pixels"]
+    if CONFUSION not in epochs or epochs.empty:
+        return pd.DataFrame(columns=columns)
+    at = epochs.set_index(["config_id", "fold", "epoch"])[CONFUSION]
+    n = len(CLASS_KEYS)
+    frames = []
+    for r in summary[summary["status"] == "ok"].itertuples():
+        matrix = at.get((r.config_id, int(r.fold), int(r.best_epoch)))
+        if matrix is None or not isinstance(matrix, (list, np.ndarray)) or len(matrix) != n * n:
+            continue  # an epoch recorded before the tables kept matrices
+        frames.append(pd.DataFrame({
+            "config_id": r.config_id, "fold": int(r.fold), "epoch": int(r.best_epoch),
+            "true_class": np.repeat(CLASS_KEYS, n), "predicted_class": np.tile(CLASS_KEYS, n),
+            "pixels": np.asarray(matrix, dtype=np.int64)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

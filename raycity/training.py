@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from raycity.checkpoint import ARCH
 from raycity.config import Config
-from raycity.constants import CLASS_KEYS, NUM_CLASSES
+from raycity.constants import CLASS_KEYS, CONFUSION, NUM_CLASSES
 from raycity.data import SegmentationDataset, collate, find_samples, train_transform, val_transform
 from raycity.data.cache import cached_reader
 from raycity.data.dataset import SeededSampler, derive_seed
@@ -82,9 +82,11 @@ def build_model(cfg: Config, speed: Speed, *, empty: bool = False) -> torch.nn.M
     """The seed model on the device, in its layout; `empty` for one whose state is loaded next
     (no init)."""
     if empty:
-        model = empty_model(NUM_CLASSES, dropout=cfg.dropout, device=speed.device)
+        model = empty_model(NUM_CLASSES, dropout=cfg.dropout, device=speed.device,
+                            decoder_channels=cfg.decoder_channels)
     else:
-        model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained=cfg.pretrained)
+        model = UNetResNet50(NUM_CLASSES, dropout=cfg.dropout, pretrained=cfg.pretrained,
+                             decoder_channels=cfg.decoder_channels)
         model = model.to(speed.device)
     return speed.layout(model)
 
@@ -160,6 +162,7 @@ def fold_metrics(fold: int, epoch: int, lr: float, train, val) -> dict[str, Any]
         "epoch_seconds": train.seconds + val.seconds,
         "train_images_per_s": train.images / max(train.seconds, 1e-9),
         "skipped_samples": train.skipped + val.skipped,
+        CONFUSION: val.cm_full.flatten().tolist(),
     }
     for prefix, cm in (("iou_low", val.cm_low), ("iou_full", val.cm_full)):
         metrics.update({f"{prefix}_{k}": float(v) for k, v in zip(CLASS_KEYS, iou_per_class(cm))})

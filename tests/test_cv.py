@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from raycity import cv
 from raycity.checkpoint import load_checkpoint
@@ -67,6 +68,29 @@ def test_summary_and_table1_agree(demo_run):
     expected["Std"] = (np.std(low), np.std(full))
     for label, (lo, fu) in expected.items():
         assert f"| {label} | {lo:.4f} | {fu:.4f} |" in md
+
+
+def test_confusion_table_is_each_folds_best_epoch_and_gives_its_table1_value(demo_run):
+    """confusion.parquet holds, for each fold, the full-res matrix of its best epoch: the IoU
+    recomputed from those pixels is that fold's Full-Res value; the report sums it over folds."""
+    from raycity.constants import CLASS_KEYS
+    from raycity.metrics import mean_iou
+
+    _, run_dir = demo_run
+    confusion = pd.read_parquet(run_dir / "confusion.parquet")
+    summary = pd.read_parquet(run_dir / "summary.parquet").set_index("fold")
+    n = len(CLASS_KEYS)
+    assert len(confusion) == 3 * n * n
+    for fold, block in confusion.groupby("fold"):
+        assert set(block["epoch"]) == {summary.loc[fold, "best_epoch"]}
+        wide = block.pivot(index="true_class", columns="predicted_class", values="pixels")
+        matrix = wide.loc[list(CLASS_KEYS), list(CLASS_KEYS)].to_numpy()
+        assert matrix.sum() > 0
+        assert mean_iou(torch.as_tensor(matrix)) == pytest.approx(summary.loc[fold, "miou_full"],
+                                                                  abs=1e-12)
+    report = (run_dir / "report.md").read_text()
+    assert "## Confusion (full resolution" in report and "figures/confusion.png" in report
+    assert (run_dir / "figures" / "confusion.png").stat().st_size > 10_000
 
 
 def test_folds_manifest_config_and_artifacts(demo_run):
@@ -144,6 +168,12 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys, tiny_cityscapes):
     with pytest.raises(SystemExit):
         cv.main(["--image-size", "big"])
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cv.main(["--decoder-channels", "wide"])
+    assert "five comma-separated widths" in capsys.readouterr().err
+    assert cv.main(["--preset", "smoke", "--decoder-channels", "256,128", "--output",
+                    str(tmp_path)]) == 2
+    assert "decoder_channels=(256, 128): expected five even integers" in capsys.readouterr().err
 
 
 def test_help_lists_the_flags(capsys):

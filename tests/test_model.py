@@ -73,6 +73,27 @@ def test_parameter_count_is_the_seed_architecture_exactly(model):
     assert encoder + bottleneck + decoder + head == 147_479_379  # as the closing note reports
 
 
+def test_a_narrow_decoder_keeps_the_stages_and_shapes():
+    """`decoder_channels` (the smoke preset's): the same encoder, stages and output, with the
+    widths asked for — counted from the layer shapes as above; a width that cannot halve is
+    refused naming the field."""
+    from raycity.config import ConfigError, preset
+
+    widths = preset("smoke").decoder_channels
+    assert widths == (256, 128, 64, 32, 16)
+    narrow = UNetResNet50(decoder_channels=widths).eval()
+    with torch.inference_mode():
+        assert narrow(torch.randn(1, 3, 64, 96)).shape == (1, NUM_CLASSES, 64, 96)
+    b, d1, d2, d3, d4 = widths
+    assert sum(p.numel() for p in narrow.bottleneck.parameters()) == conv_block(2048, b)
+    assert sum(p.numel() for p in narrow.decoder.parameters()) == (
+        decoder_stage(b, 1024, d1) + decoder_stage(d1, 512, d2) + decoder_stage(d2, 256, d3)
+        + decoder_stage(d3, 64, d4))
+    assert narrow.head.up.in_channels == d4
+    with pytest.raises(ConfigError, match="decoder_channels"):
+        preset("smoke", decoder_channels=(256, 128, 64, 32, 15))
+
+
 def test_dropout_only_when_asked():
     off = UNetResNet50(dropout=0.0)
     on = UNetResNet50(dropout=0.3)

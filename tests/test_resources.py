@@ -93,8 +93,8 @@ def test_a_gpu_folds_pinned_buffers_count_as_the_allocator_rounds_them():
     assert sum(blocks) == pytest.approx(2.36e9, rel=1e-3)
     rounded = sum(2 ** math.ceil(math.log2(b)) for b in blocks)
     assert rounded == pytest.approx(3.904e9, rel=1e-3)
-    assert state_host_bytes(on_gpu=True) == rounded
-    assert state_host_bytes(on_gpu=False) == sum(blocks)
+    assert state_host_bytes(preset("seed"), on_gpu=True) == rounded
+    assert state_host_bytes(preset("seed"), on_gpu=False) == sum(blocks)
 
 
 def test_a_gpu_folds_request_counts_its_loader_workers_and_their_batches():
@@ -108,7 +108,7 @@ def test_a_gpu_folds_request_counts_its_loader_workers_and_their_batches():
     loader = 2 * 15 * WORKER_BYTES + 15 * 4 * (train + pin(train) + val + pin(val))
     assert loader_host_bytes(cfg, 15) == loader
     gpu = trial_memory_bytes(cfg, True, workers=15)
-    assert gpu == GIB // 2 + state_host_bytes(True) + loader
+    assert gpu == GIB // 2 + state_host_bytes(cfg, True) + loader
     # before: runtime + 4 unrounded fp32 copies of the parameters, and no loader at all
     before = GIB // 2 + 16 * sum(p // 4 for p in seed_blocks()[1])
     assert before / GIB == pytest.approx(2.70, abs=0.01) and gpu / GIB > 2 * before / GIB
@@ -117,8 +117,26 @@ def test_a_gpu_folds_request_counts_its_loader_workers_and_their_batches():
 def test_a_cpu_folds_request_counts_training_and_activations():
     cpu = trial_memory_bytes(preset("seed"), False)
     params = sum(seed_blocks()[1]) // 4
-    assert cpu - GIB // 2 - state_host_bytes(False) - 16 * params == int(4.86 * GIB)
+    assert cpu - GIB // 2 - state_host_bytes(preset("seed"), False) - 16 * params == int(
+        4.86 * GIB)
     assert trial_memory_bytes(preset("smoke"), False) < cpu  # activations scale with pixels
+
+
+def test_the_request_follows_the_configured_decoder():
+    """The smoke preset's narrow decoder: its state and training copies are what its own
+    parameters take, not the seed's (a request for 147 M parameters would place 4.7× fewer
+    smoke folds than fit)."""
+    smoke = preset("smoke")
+    with torch.device("meta"):
+        from raycity.model import UNetResNet50
+
+        model = UNetResNet50(decoder_channels=smoke.decoder_channels)
+    weights = [t.numel() * t.element_size() for t in model.state_dict().values()]
+    params = [p.numel() * 4 for p in model.parameters()]
+    assert 30e6 < sum(params) / 4 < 32e6
+    assert state_host_bytes(smoke, False) == sum(weights + params + params + weights) + 4 * len(
+        params)
+    assert state_host_bytes(smoke, False) < state_host_bytes(preset("seed"), False) / 4.5
 
 
 def test_the_plan_settles_workers_and_memory_together():

@@ -71,8 +71,13 @@ def test_early_stopping_from_the_space_file_stops_whole_configurations(sweep_run
         assert folds.nunique() == 1  # all folds of a configuration end at the same epoch
         assert board.loc[config_id, "stopped_early"] == (folds.iloc[0] < 2)
         assert board.loc[config_id, "folds_completed"] == (2 if folds.iloc[0] == 2 else 0)
-    assert board["stopped_early"].any()  # the worse configuration was cut at the rung
-    assert "| yes |" in (run_dir / "leaderboard.md").read_text()
+    # one configuration at a time: c1 reaches the rung (epoch 1) alone and goes on; c2 is cut
+    # iff its fold mean there is below c1's (ASHA's cutoff at reduction factor 2: the median of
+    # the two). On a smoke model both are noise, so which way it goes is read off the table.
+    at_rung = epochs[epochs["epoch"] == 1].groupby("config_id")["miou_full"].mean()
+    stopped = set(board.index[board["stopped_early"]])
+    assert stopped == ({"c2"} if at_rung["c2"] < at_rung["c1"] else set())
+    assert ("| yes |" in (run_dir / "leaderboard.md").read_text()) == bool(stopped)
     # the searcher heard every configuration once — the stopped one too, with its fold mean
     # (each fold at its best epoch, by miou_low, of those it ran)
     told = json.loads((run_dir / "searcher.json").read_text())

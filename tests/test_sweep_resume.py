@@ -105,6 +105,21 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
             assert t["error"] and "mean" not in t  # told it failed, never a one-fold mean
         else:
             assert abs(t["mean"] - means[t["config_id"]]) < 1e-12 and not t["error"]
+    # the study Optuna's dashboard reads holds each configuration once, as the searcher heard it
+    from raycity.tune.study import load_study
+
+    trials = load_study(run_dir / "optuna.journal").trials
+    assert [t.user_attrs["config_id"] for t in trials] == [t["config_id"] for t in heard]
+    for trial, t in zip(trials, heard):
+        assert trial.params == t["values"]
+        fold_values = {k[5:]: v for k, v in trial.user_attrs.items() if k.startswith("fold_")
+                       and k[5:].isdigit()}
+        assert fold_values == t["scores"]
+        if t["error"]:
+            assert trial.state.name == "FAIL" and trial.value is None
+        else:
+            assert trial.state.name == "COMPLETE" and trial.value == t["mean"]
+            assert trial.user_attrs["fold_std"] == t["std"]
     # folds that had finished before the kill were not trained again
     runs = executed(log)
     finished = {(r["lr"], r["dropout"], r["fold"]) for r in runs

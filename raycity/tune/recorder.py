@@ -17,7 +17,7 @@ from typing import Any
 
 from ray import tune
 
-from raycity.errors import failure_message
+from raycity.errors import brief, failure_message
 from raycity.foldfiles import STATE_DIR
 from raycity.foldsession import NOTICE, REPLAYED
 from raycity.results import (
@@ -63,11 +63,21 @@ def trial_key(trial: Any) -> tuple[str, int]:
     return trial.config["variant"]["config_id"], int(trial.config["fold"])
 
 
-def write_told(told: list[dict]) -> None:
+def write_told(told: list[dict], distributions: dict[str, Any] | None = None) -> None:
     """searcher.json: what a sweep's searcher was told, configuration by configuration, in order
-    (the figure's best-so-far curve, and the check that it heard the fold means)."""
-    if _current is not None:
-        atomic_write_text(RunDir(_current.run_dir).searcher, json.dumps(told, indent=1))
+    (the figure's best-so-far curve, and the check that it heard the fold means); for Optuna's
+    search (`distributions`), the same as a study in optuna.journal, for its dashboard."""
+    if _current is None:
+        return
+    files = RunDir(_current.run_dir)
+    atomic_write_text(files.searcher, json.dumps(told, indent=1))
+    if distributions:
+        from raycity.tune.study import write_study
+
+        try:
+            write_study(files.study, told, distributions, _current.state.metric)
+        except OSError as err:  # a view of searcher.json: never worth a run
+            _current.echo(f"{files.study}: not written ({brief(err)})")
 
 
 class RunRecorder(tune.Callback):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from raycity.config import Config
-from raycity.model import seed_parameter_count, seed_tensor_bytes
+from raycity.model import parameter_count, tensor_bytes
 from raycity.run import RunError
 from raycity.training import CUDA_PREFETCH, cpu_split
 
@@ -63,12 +63,12 @@ def pinned(nbytes: int) -> int:
     return 1 << max(0, (nbytes - 1).bit_length())
 
 
-def state_host_bytes(on_gpu: bool) -> int:
+def state_host_bytes(cfg: Config, on_gpu: bool) -> int:
     """Host buffers a fold's checkpoints are written from: its full state (weights, BatchNorm
     statistics, Adam's two moments and step per parameter) and its best weights. For a GPU
     fold they are pinned, block by block, each rounded up by the allocator: the seed model's
     2.36 GB take 3.90 GB."""
-    weights, params = seed_tensor_bytes()
+    weights, params = tensor_bytes(tuple(cfg.decoder_channels))
     blocks = weights + params + params + [4] * len(params) + weights
     return sum(pinned(b) if on_gpu else b for b in blocks)
 
@@ -95,12 +95,12 @@ def trial_memory_bytes(cfg: Config, on_gpu: bool, workers: int = 0) -> int:
     batches; a trial training on the CPU also holds weights, gradients and Adam moments (4 fp32
     copies of the parameters) and its activations, scaled from the seed's 512×1024, batch 2 by
     pixels × batch."""
-    need = RUNTIME_BYTES + state_host_bytes(on_gpu)
+    need = RUNTIME_BYTES + state_host_bytes(cfg, on_gpu)
     if on_gpu:
         need += loader_host_bytes(cfg, workers)
     else:
         h, w = cfg.image_size
-        need += 4 * 4 * seed_parameter_count() + int(
+        need += 4 * 4 * parameter_count(tuple(cfg.decoder_channels)) + int(
             ACTIVATIONS_512x1024_B2 * h * w * cfg.batch_size / (512 * 1024 * 2))
     return int(need)
 

@@ -207,7 +207,8 @@ class FoldFanOut(Searcher):
         scores = [group["best"][f][1] for f in self.folds if f in group["best"]]
         failed = any(group["done"].values()) or len(scores) < len(self.folds)
         record = {"config_id": group["config_id"], "values": group["values"],
-                  "folds": len(scores), "error": failed}
+                  "folds": len(scores), "error": failed,
+                  "scores": {str(f): group["best"][f][1] for f in self.folds if f in group["best"]}}
         if not failed:
             mean, std = mean_std(scores)
             record.update(mean=mean, std=std)
@@ -231,7 +232,9 @@ class FoldFanOut(Searcher):
                 self.searcher.on_trial_complete(group["config_id"], result={
                     TOLD: record["mean"], f"{TOLD}_std": record["std"], "folds": len(scores)})
             self.told.append(record)
-        write_told(self.told)
+        # Optuna's own distributions (its search space), for the study its dashboard reads
+        space = getattr(self.searcher, "_space", None)
+        write_told(self.told, space if isinstance(space, dict) else None)
 
     def get_state(self) -> dict[str, Any]:
         state = self.__dict__.copy()
