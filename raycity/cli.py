@@ -51,6 +51,8 @@ RECIPE_FLAGS: dict[str, tuple[str, Any, str]] = {
                          "widths of the bottleneck and the 4 decoder stages "
                          "(seed: 2048,1024,512,256,64; smoke: 256,128,64,32,16)"),
     "folds": ("--folds", int, "K of K-fold cross-validation (seed: 3)"),
+    "repeats": ("--repeats", int, "repeated K-fold: R independent splits, R × K fold trials "
+                                  "(default: 1)"),
     "seed": ("--seed", int, "seed of the fold split and of training"),
     "pretrained": ("--pretrained", str, "encoder weights: imagenet | none | PATH"),
     "plateau_metric": ("--plateau-metric", str, "ReduceLROnPlateau watches val_loss or miou_low"),

@@ -52,6 +52,7 @@ class Config:
     plateau_patience: int = 2
     # Cross-validation.
     folds: int = 3
+    repeats: int = 1  # repeated K-fold: R independent splits, R × K fold trials
     seed: int = 0
     group_by: str | None = None  # None | "city": keep each city inside one fold
     # Speed: auto = on for CUDA, off on the CPU; on = on the CPU too (see `raycity.speed`).
@@ -117,6 +118,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.scale_jitter < 1.0, "scale_jitter", "a fraction in [0, 1)")
     need(cfg.color_jitter >= 0, "color_jitter", "a number ≥ 0")
     need(cfg.folds >= 2, "folds", "an integer ≥ 2")
+    need(isinstance(cfg.repeats, int) and cfg.repeats >= 1, "repeats", "an integer ≥ 1")
     need(cfg.group_by in (None, "city"), "group_by", "none or 'city'")
     need(cfg.plateau_metric in ("val_loss", "miou_low"), "plateau_metric", "val_loss or miou_low")
     need(0 < cfg.plateau_factor < 1, "plateau_factor", "a number in (0, 1)")
@@ -153,6 +155,11 @@ def preset(name: str, **overrides: Any) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"--preset {name!r}: unknown; choose one of {sorted(PRESETS)}")
     return Config(**{**PRESETS[name], **overrides})
+
+
+def fold_trials(cfg: Config) -> int:
+    """How many fold trials a configuration trains: K per repeat."""
+    return cfg.folds * cfg.repeats
 
 
 def heaviest(cfg: Config, overrides: Iterable[dict[str, Any]]) -> Config:

@@ -18,9 +18,34 @@ class FoldsError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class FoldSplit:
-    fold: int  # 1-based
+    """One fold trial's split. `fold` numbers the trials of a run, 1 … repeats × K: with
+    repeated K-fold, repeat r holds folds (r-1)·K+1 … r·K, so every (repeat, fold) pair is one
+    trial, checkpoint and table key, and `split_fold` is its number within its repeat."""
+
+    fold: int  # 1-based, unique in the run
     train: tuple[str, ...]
     val: tuple[str, ...]
+    repeat: int = 1  # 1-based
+
+    def split_fold(self, k: int) -> int:
+        return self.fold - (self.repeat - 1) * k
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The split seed of repeat r: the run's own seed for the first (so that one repeat is
+    today's split), then one of its own for each further repeat."""
+    return seed if repeat == 1 else seed * 1_000_003 + 7919 * repeat
+
+
+def make_repeated_folds(keys: Sequence[str], k: int = 3, seed: int = 0,
+                        groups: Sequence[str] | None = None, repeats: int = 1) -> list[FoldSplit]:
+    """R independent K-fold splits (repeated K-fold), one seed each, groups respected; numbered
+    through, repeat by repeat."""
+    folds = []
+    for repeat in range(1, repeats + 1):
+        for f in make_folds(keys, k, repeat_seed(seed, repeat), groups):
+            folds.append(FoldSplit((repeat - 1) * k + f.fold, f.train, f.val, repeat))
+    return folds
 
 
 def make_folds(keys: Sequence[str], k: int = 3, seed: int = 0,
@@ -60,16 +85,16 @@ def make_folds(keys: Sequence[str], k: int = 3, seed: int = 0,
 
 
 def save_folds(path: Path, folds: Sequence[FoldSplit], meta: dict) -> None:
-    payload = {**meta, "folds": [{"fold": f.fold, "train": list(f.train), "val": list(f.val)}
-                                 for f in folds]}
+    payload = {**meta, "folds": [{"fold": f.fold, "repeat": f.repeat, "train": list(f.train),
+                                  "val": list(f.val)} for f in folds]}
     atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def load_folds(path: Path) -> tuple[list[FoldSplit], dict]:
     try:
         payload = json.loads(Path(path).read_text())
-        folds = [FoldSplit(int(f["fold"]), tuple(f["train"]), tuple(f["val"]))
-                 for f in payload.pop("folds")]
+        folds = [FoldSplit(int(f["fold"]), tuple(f["train"]), tuple(f["val"]),
+                           int(f.get("repeat", 1))) for f in payload.pop("folds")]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise FoldsError(f"{path}: not a raycity folds.json ({brief(err)})") from err
     return folds, payload

@@ -194,7 +194,9 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
                          f"Full-res confusion, {best or 'cross-validation'}: rows normalised")
     sizes = tuple(config["image_size"]), first_label_size(state.data_root)
     lines = [f"# {run_dir.name}: {heading} report", "",
-             f"UNet-ResNet50, {config['folds']}-fold cross-validation on the train split of "
+             f"UNet-ResNet50, {config['folds']}-fold cross-validation"
+             + (f" repeated {config['repeats']} times (independent splits)"
+                if config.get("repeats", 1) > 1 else "") + " on the train split of "
              f"`{state.data_root}`" + (" (synthetic demo scenes)" if state.synthetic else "")
              + ".", "", "## Results", "", table1_markdown(summary, *sizes)]
     lines += ["## Folds", "", "| fold | best epoch | epochs | wall time | status |",

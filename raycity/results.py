@@ -19,6 +19,7 @@ from raycity.constants import CLASS_KEYS, CONFUSION
 from raycity.errors import UserError, storage_error
 
 KEY_COLUMNS = ["config_id", "fold", "epoch"]
+REPEAT = "repeat"  # repeated K-fold: the split a fold belongs to (1-based; folds are numbered through)
 METRIC_COLUMNS = ["lr", "train_loss", "val_loss", "miou_low", "miou_full"]
 IOU_LOW = [f"iou_low_{k}" for k in CLASS_KEYS]
 IOU_FULL = [f"iou_full_{k}" for k in CLASS_KEYS]
@@ -30,7 +31,7 @@ TIME_COLUMNS = ["epoch_seconds", "train_seconds", "eval_seconds", "train_images_
 RUN_COLUMNS = ["node_id", "gpu_ids", "device", "torch_threads", "loader_workers", "precision",
                "channels_last", "compiled"]
 PENDING = "pending (no epoch recorded)"
-EPOCH_COLUMNS = (KEY_COLUMNS + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
+EPOCH_COLUMNS = (KEY_COLUMNS + [REPEAT] + METRIC_COLUMNS + IOU_LOW + IOU_FULL + TIME_COLUMNS + RUN_COLUMNS
                  + [CONFUSION])
 BEST_BY = "miou_low"  # the seed picks each fold's best epoch by its low-res val mIoU
 _UMASK = os.umask(0)  # read once: files get the permissions the user's umask allows
@@ -73,6 +74,7 @@ def epochs_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
     for col in EPOCH_COLUMNS:
         if col not in df:
             df[col] = None if col == CONFUSION else np.nan
+    df[REPEAT] = df[REPEAT].fillna(1).astype("int64")  # tables from before repeats: one
     if CONFUSION in df:  # a list per epoch; null where the epoch predates it (old tables)
         df[CONFUSION] = [[int(v) for v in m] if isinstance(m, (list, tuple, np.ndarray)) else None
                          for m in df[CONFUSION]]
@@ -85,14 +87,17 @@ def epochs_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
 
 
 def summarize(epochs: pd.DataFrame, status: Mapping[tuple[str, int], str] | None = None, *,
-              folds: int | None = None, config_ids: Iterable[str] = ()) -> pd.DataFrame:
+              folds: int | None = None, config_ids: Iterable[str] = (),
+              repeats: int = 1) -> pd.DataFrame:
     """One row per (config, fold) at the fold's best epoch by val `miou_low`.
 
     `status` marks folds as e.g. "failed: …"; a failed fold keeps its row (what it reached) but is
     left out of every mean by `table1`. With `folds` (K), every configuration seen (or listed in
     `config_ids`) has K rows: a fold with no epoch recorded is marked pending, never silently
-    dropped from a table that still says K-fold.
+    dropped from a table that still says K-fold. With `repeats`, `folds` counts every
+    repeat's folds (R × K), numbered through.
     """
+    k = folds // repeats if folds else None
     if "config_id" not in epochs:
         epochs = epochs.assign(config_id="cv")
     status = dict(status or {})
@@ -107,7 +112,9 @@ def summarize(epochs: pd.DataFrame, status: Mapping[tuple[str, int], str] | None
     for (config_id, fold), group in epochs.groupby(["config_id", "fold"], sort=True):
         ranked = group[group[BEST_BY].notna()]
         best = ranked.loc[ranked[BEST_BY].idxmax()] if len(ranked) else group.iloc[-1]
-        row = {"config_id": config_id, "fold": int(fold), "best_epoch": int(best["epoch"]),
+        repeat = best.get(REPEAT, 1)
+        row = {"config_id": config_id, "fold": int(fold),
+               REPEAT: 1 if pd.isna(repeat) else int(repeat), "best_epoch": int(best["epoch"]),
                "epochs_done": int(group["epoch"].max()),
                "miou_low": float(best["miou_low"]), "miou_full": float(best["miou_full"]),
                "status": status.get((config_id, int(fold)), "ok")}
@@ -119,18 +126,39 @@ def summarize(epochs: pd.DataFrame, status: Mapping[tuple[str, int], str] | None
         rows.append(row)
     for (config_id, fold), state in status.items():  # folds that failed before any epoch
         if not any(r["config_id"] == config_id and r["fold"] == fold for r in rows):
-            rows.append({"config_id": config_id, "fold": fold, "best_epoch": 0, "epochs_done": 0,
+            rows.append({"config_id": config_id, "fold": fold,
+                         REPEAT: (fold - 1) // k + 1 if k else 1, "best_epoch": 0, "epochs_done": 0,
                          "miou_low": np.nan, "miou_full": np.nan, "status": state})
     return pd.DataFrame(rows).sort_values(["config_id", "fold"]).reset_index(drop=True)
 
 
+def repeats_of(summary: pd.DataFrame) -> int:
+    return int(summary[REPEAT].max()) if REPEAT in summary and len(summary) else 1
+
+
 def table1(summary: pd.DataFrame) -> pd.DataFrame:
-    """The seed's Table 1: a row per fold, then Mean and Std (ddof=0) over the folds that finished."""
-    rows = [{"Fold": str(r.fold), "Low-Res mIoU": r.miou_low, "Full-Res mIoU": r.miou_full}
-            for r in summary.itertuples()]
+    """The seed's Table 1: a row per fold, then Mean and Std (ddof=0) over the folds that
+    finished. With repeated K-fold, a row per (repeat, fold) — `Fold` numbered within its
+    repeat — Mean and Std over all of them, and the std of the R repeat means: how much the
+    estimate itself moves from one split of the data to another."""
+    repeats = repeats_of(summary)
+    k = int(summary["fold"].max()) // repeats if len(summary) else 0
+    rows = []
+    for r in summary.itertuples():
+        repeat = getattr(r, REPEAT, 1)
+        rows.append({**({"Repeat": str(repeat)} if repeats > 1 else {}),
+                     "Fold": str(r.fold - (repeat - 1) * k), "Low-Res mIoU": r.miou_low,
+                     "Full-Res mIoU": r.miou_full})
+    blank = {"Repeat": ""} if repeats > 1 else {}
     low, full = fold_stats(summary, "miou_low"), fold_stats(summary, "miou_full")
-    rows.append({"Fold": "Mean", "Low-Res mIoU": low[0], "Full-Res mIoU": full[0]})
-    rows.append({"Fold": "Std", "Low-Res mIoU": low[1], "Full-Res mIoU": full[1]})
+    rows.append({**blank, "Fold": "Mean", "Low-Res mIoU": low[0], "Full-Res mIoU": full[0]})
+    rows.append({**blank, "Fold": "Std", "Low-Res mIoU": low[1], "Full-Res mIoU": full[1]})
+    if repeats > 1:
+        ok = summary[summary["status"] == "ok"]
+        means = ok.groupby(REPEAT)[["miou_low", "miou_full"]].mean()
+        rows.append({**blank, "Fold": "Std of repeat means",
+                     "Low-Res mIoU": mean_std(means["miou_low"])[1],
+                     "Full-Res mIoU": mean_std(means["miou_full"])[1]})
     return pd.DataFrame(rows)
 
 
@@ -154,13 +182,18 @@ def table1_markdown(summary: pd.DataFrame, image_size: tuple[int, int] | None = 
                     full_size: tuple[int, int] | None = None) -> str:
     low = f"{image_size[0]}×{image_size[1]}" if image_size else "low-res"
     full = f"{full_size[0]}×{full_size[1]}" if full_size else "full-res"
+    table = table1(summary)
+    keyed = "Repeat" in table
     lines = [f"Table 1: Cross-Validation mIoU ({low} / {full})", "",
-             "| Fold | Low-Res mIoU | Full-Res mIoU |", "|---|---|---|"]
-    status = dict(zip(summary["fold"].astype(str), summary["status"]))
-    for r in table1(summary).itertuples():
-        state = status.get(r.Fold, "ok")
+             "| Repeat " * keyed + "| Fold | Low-Res mIoU | Full-Res mIoU |",
+             "|---" * keyed + "|---|---|---|"]
+    states = list(summary["status"])
+    for i, r in enumerate(table.to_dict("records")):
+        state = states[i] if i < len(states) else "ok"
         note = "" if state == "ok" else " (failed)" if state.startswith("failed") else f" ({state})"
-        lines.append(f"| {r.Fold}{note} | {_fmt(r[2])} | {_fmt(r[3])} |")
+        lead = f"| {r['Repeat']} " if keyed else ""
+        lines.append(f"{lead}| {r['Fold']}{note} | {_fmt(r['Low-Res mIoU'])} | "
+                     f"{_fmt(r['Full-Res mIoU'])} |")
     failed = summary["status"].str.startswith("failed").sum()
     pending = (summary["status"] == PENDING).sum()
     if failed or pending:

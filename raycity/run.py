@@ -115,7 +115,8 @@ class RunDir:
         """A new run's three files: the split, the frozen Config, and run.json (written last:
         a folder without it is not a run)."""
         cfg = state.config
-        save_folds(self.folds_json, folds, {"k": cfg.folds, "seed": cfg.seed,
+        save_folds(self.folds_json, folds, {"k": cfg.folds, "repeats": cfg.repeats,
+                                            "seed": cfg.seed,
                                             "group_by": cfg.group_by,
                                             "data_root": state.data_root})
         atomic_write_text(self.config_json, config_text(cfg))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raycity.config import fold_trials
 from raycity.constants import CLASS_KEYS, CONFUSION
 from raycity.data.layout import first_label_size
 from raycity.errors import brief
@@ -21,6 +22,7 @@ from raycity.results import (
     EPOCH_COLUMNS,
     IOU_FULL,
     IOU_LOW,
+    REPEAT,
     atomic_write_parquet,
     atomic_write_text,
     epochs_frame,
@@ -129,7 +131,8 @@ def write_tables(run_dir: Path, state: RunState, epochs: pd.DataFrame,
     atomic_write_text(files.status, json.dumps([[c, f, s] for (c, f), s in status.items()]))
     if epochs.empty and not status:
         return None
-    summary = summarize(epochs, status, folds=state.config.folds,
+    summary = summarize(epochs, status, folds=fold_trials(state.config),
+                        repeats=state.config.repeats,
                         config_ids=[v.config_id for v in state.variants])
     atomic_write_parquet(summary, files.summary)
     atomic_write_parquet(per_class_frame(summary), files.per_class)
@@ -152,9 +155,9 @@ def per_class_frame(summary: pd.DataFrame) -> pd.DataFrame:
             stats = {"iou_low_mean": low_mean, "iou_low_std": low_std,
                      "iou_full_mean": full_mean, "iou_full_std": full_std}
             rows += [{"config_id": config_id, "class": key, "fold": int(r["fold"]),
-                      "iou_low": r[low], "iou_full": r[full], **stats}
-                     for r in group.to_dict("records")]
-    return pd.DataFrame(rows, columns=["config_id", "class", "fold", "iou_low", "iou_full",
+                      REPEAT: int(r.get(REPEAT, 1)), "iou_low": r[low], "iou_full": r[full],
+                      **stats} for r in group.to_dict("records")]
+    return pd.DataFrame(rows, columns=["config_id", "class", "fold", REPEAT, "iou_low", "iou_full",
                                        "iou_low_mean", "iou_low_std", "iou_full_mean",
                                        "iou_full_std"])
 
@@ -162,7 +165,7 @@ def per_class_frame(summary: pd.DataFrame) -> pd.DataFrame:
 def confusion_frame(epochs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """confusion.parquet, long: the full-resolution pixels of every (true, predicted) class pair
     at the best epoch of each fold that finished — the matrix behind that fold's Table 1 value."""
-    columns = ["config_id", "fold", "epoch", "true_class", "predicted_class", "pixels"]
+    columns = ["config_id", "fold", REPEAT, "epoch", "true_class", "predicted_class", "pixels"]
     if CONFUSION not in epochs or epochs.empty:
         return pd.DataFrame(columns=columns)
     at = epochs.set_index(["config_id", "fold", "epoch"])[CONFUSION]
@@ -173,7 +176,8 @@ def confusion_frame(epochs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame
         if matrix is None or not isinstance(matrix, (list, np.ndarray)) or len(matrix) != n * n:
             continue  # an epoch recorded before the tables kept matrices
         frames.append(pd.DataFrame({
-            "config_id": r.config_id, "fold": int(r.fold), "epoch": int(r.best_epoch),
+            "config_id": r.config_id, "fold": int(r.fold), REPEAT: int(getattr(r, REPEAT, 1)),
+            "epoch": int(r.best_epoch),
             "true_class": np.repeat(CLASS_KEYS, n), "predicted_class": np.tile(CLASS_KEYS, n),
             "pixels": np.asarray(matrix, dtype=np.int64)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

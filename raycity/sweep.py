@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from raycity.cli import add_common_args, fail, guarded, keep_token_auth_quietly, tracker_for
-from raycity.config import Config, RunOptions, heaviest
+from raycity.config import Config, RunOptions, fold_trials, heaviest
 from raycity.run import RunDir
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
                         ("--max-concurrent", args.max_concurrent)):
         if value is not None and value < 1:
             raise SpaceError(f"{flag} {value}: expected an integer ≥ 1")
-    check_plan_size(space, args.search or space.method, args.num_samples, cfg.folds,
+    check_plan_size(space, args.search or space.method, args.num_samples, fold_trials(cfg),
                     args.max_configurations or MAX_CONFIGURATIONS)
     search, drawn, scheduler = searching(space, args.search, args.num_samples,
                                          args.max_concurrent, cfg)
@@ -130,7 +130,8 @@ def plan(args: argparse.Namespace, cfg, explicit: dict) -> dict:
     check_against(cfg, drawn or space.extremes(), space.path)
     variants = [Variant(config_name(i + 1, len(drawn)), values) for i, values in enumerate(drawn)]
     print(f"sweep {space.path}: {search.method} search, {search.configurations} configurations "
-          f"× {cfg.folds} folds")
+          f"× {fold_trials(cfg)} folds" + (f" ({cfg.repeats} repeats of {cfg.folds})"
+                                            if cfg.repeats > 1 else ""))
     for v in variants:
         print(f"  {v.config_id}: {v.overrides}")
     return {"variants": variants, "hparams": list(space.params), "metric": space.metric,
@@ -146,7 +147,7 @@ def searching(space, method: str | None, num_samples: int | None, max_concurrent
     search, drawn = plan_search(space, method, num_samples, max_concurrent)
     # a tuned `epochs`: the last rung lies below the longest configuration's end
     max_t = heaviest(cfg, drawn or space.extremes()).epochs
-    scheduler = FoldMeanASHA(space.metric, "max", folds=cfg.folds, max_t=max_t,
+    scheduler = FoldMeanASHA(space.metric, "max", folds=fold_trials(cfg), max_t=max_t,
                              **space.scheduler) if space.scheduler else None
     return search, drawn, scheduler
 

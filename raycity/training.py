@@ -154,9 +154,10 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode; the trial's threads belong to the model
 
 
-def fold_metrics(fold: int, epoch: int, lr: float, train, val) -> dict[str, Any]:
+def fold_metrics(split: FoldSplit, epoch: int, lr: float, train, val) -> dict[str, Any]:
     metrics: dict[str, Any] = {
-        "fold": fold, "epoch": epoch, "lr": lr, "train_loss": train.loss, "val_loss": val.loss,
+        "fold": split.fold, "repeat": split.repeat, "epoch": epoch, "lr": lr,
+        "train_loss": train.loss, "val_loss": val.loss,
         "miou_low": mean_iou(val.cm_low), "miou_full": mean_iou(val.cm_full),
         "train_seconds": train.seconds, "eval_seconds": val.seconds,
         "epoch_seconds": train.seconds + val.seconds,
@@ -236,7 +237,7 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
                 f"batch_size={cfg.batch_size}, image_size={cfg.image_size}; lower --batch-size "
                 f"or --image-size, keep autocast on (drop --amp off), or give each trial a "
                 f"whole GPU (--gpus-per-trial 1)") from err
-        metrics = fold_metrics(split.fold, epoch, lr, train, val)
+        metrics = fold_metrics(split, epoch, lr, train, val)
         if metrics["miou_low"] > best["best_miou_low"]:  # the seed's choice of best epoch
             best = {"best_epoch": epoch, "best_miou_low": metrics["miou_low"],
                     "best_miou_full": metrics["miou_full"]}

@@ -115,7 +115,8 @@ def standin_fold(cfg, split, root, report, *, checkpoints=None, sync_epochs=(), 
 
             raise NonFiniteLossError(f"fold {split.fold}, epoch {epoch}: training loss is nan")
         score = fold_score(values, split.fold, epoch, cfg.epochs, cfg.seed)
-        metrics = {"fold": split.fold, "epoch": epoch, "lr": cfg.lr, "train_loss": 1 - score,
+        metrics = {"fold": split.fold, "repeat": split.repeat, "epoch": epoch, "lr": cfg.lr,
+                   "train_loss": 1 - score,
                    "val_loss": 1 - score, "miou_low": score, "miou_full": score,
                    "epoch_seconds": 0.5, "device": str(device)}
         if os.environ.get(LOG):

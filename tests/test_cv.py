@@ -184,3 +184,33 @@ def test_help_lists_the_flags(capsys):
     for flag in ("--data-root", "--preset", "--epochs", "--gpus-per-trial", "--dashboard",
                  "--resume", "--address", "--storage-path"):
         assert flag in out
+
+
+def test_repeated_k_fold_trains_every_repeat_and_fold_once(ray_session, tmp_path):
+    """--repeats 2 --folds 2 through Tune (stand-in folds): four fold trials on two different
+    splits; folds.json, epochs.parquet and summary.parquet say the repeat; Table 1 lists each
+    (repeat, fold) and the std of the repeat means."""
+    from ray import cloudpickle
+
+    from raycity.config import RunOptions, preset
+    from raycity.tune.experiment import Variant, run_experiment
+    from tests import standins
+
+    cloudpickle.register_pickle_by_value(standins)  # Ray's workers do not import tests/
+
+    cfg = preset("smoke", epochs=1, folds=2, repeats=2)
+    opts = RunOptions(name="rep", output=str(tmp_path), cpus_per_trial=0.5, max_failures=0)
+    run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], fold_fn=standins.standin_fold,
+                                      echo=lambda line: None)
+    folds = json.loads((run_dir / "folds.json").read_text())
+    assert folds["repeats"] == 2 and [(f["repeat"], f["fold"]) for f in folds["folds"]] == [
+        (1, 1), (1, 2), (2, 3), (2, 4)]
+    splits = [sorted(sorted(f["val"]) for f in folds["folds"] if f["repeat"] == r) for r in (1, 2)]
+    assert splits[0] != splits[1]
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert epochs[["fold", "repeat"]].values.tolist() == [[1, 1], [2, 1], [3, 2], [4, 2]]
+    assert summary["repeat"].tolist() == [1, 1, 2, 2] and (summary["status"] == "ok").all()
+    md = (run_dir / "summary.md").read_text()
+    assert "| Repeat | Fold |" in md and "| Std of repeat means |" in md
+    means = summary.groupby("repeat")["miou_full"].mean()
+    assert f"{np.std(means, ddof=0):.4f} |" in md.split("Std of repeat means")[1].splitlines()[0]

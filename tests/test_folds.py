@@ -49,3 +49,29 @@ def test_manifest_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(FoldsError, match="bad.json"):
         load_folds(tmp_path / "bad.json")
+
+
+def test_repeated_folds_are_independent_splits_numbered_through(tmp_path):
+    """--repeats R: R K-fold splits, each a partition of the data with its own seed (the first
+    is the plain split), cities kept whole in every one; folds numbered 1 … R·K."""
+    from raycity.folds import make_repeated_folds
+
+    assert make_repeated_folds(KEYS, k=3, seed=7) == make_folds(KEYS, k=3, seed=7)
+    folds = make_repeated_folds(KEYS, k=3, seed=7, repeats=3)
+    assert [(f.repeat, f.fold, f.split_fold(3)) for f in folds] == [
+        (r, (r - 1) * 3 + i, i) for r in (1, 2, 3) for i in (1, 2, 3)]
+    splits = []
+    for r in (1, 2, 3):
+        vals = [set(f.val) for f in folds if f.repeat == r]
+        assert set().union(*vals) == set(KEYS) and sum(map(len, vals)) == len(KEYS)
+        splits.append(sorted(tuple(sorted(v)) for v in vals))
+    assert len({tuple(s) for s in splits}) == 3  # three different splits
+    city_of = dict(zip(KEYS, CITIES))
+    for f in make_repeated_folds(KEYS, k=2, seed=0, groups=CITIES, repeats=2):
+        assert not ({city_of[k] for k in f.val} & {city_of[k] for k in f.train})
+    save_folds(tmp_path / "folds.json", folds, {"k": 3, "repeats": 3})
+    assert load_folds(tmp_path / "folds.json")[0] == folds
+    # a folds.json written before repeats: every fold in repeat 1
+    (tmp_path / "old.json").write_text('{"k": 2, "folds": [{"fold": 1, "train": ["a"], '
+                                       '"val": ["b"]}, {"fold": 2, "train": ["b"], "val": ["a"]}]}')
+    assert [f.repeat for f in load_folds(tmp_path / "old.json")[0]] == [1, 1]

@@ -178,3 +178,29 @@ def test_per_class_table_is_each_class_mean_and_std_over_the_finished_folds():
     bike = ok["iou_low_bicycle"]
     assert f"| bicycle | {bike.mean():.4f} ± {bike.std(ddof=0):.4f} |" in per_class_table(summary)
     assert len(lines) == 2 + 19
+
+
+def test_table1_with_repeats_lists_every_repeat_and_fold_and_the_std_of_repeat_means():
+    """R = 2, K = 2: four rows numbered within their repeat; Mean and Std (ddof=0) over all four
+    finished folds; the std of the two repeat means; a fold pending in repeat 2 is listed."""
+    values = {1: 0.50, 2: 0.60, 3: 0.40, 4: 0.50}  # repeat means 0.55, 0.45
+    rows = [{"config_id": "cv", "fold": f, "repeat": (f - 1) // 2 + 1, "epoch": 1,
+             "miou_low": v, "miou_full": v - 0.1} for f, v in values.items()]
+    summary = summarize(epochs_frame(rows), folds=4, repeats=2)
+    assert summary["repeat"].tolist() == [1, 1, 2, 2]
+    table = table1(summary)
+    assert table[["Repeat", "Fold"]].values.tolist()[:4] == [["1", "1"], ["1", "2"],
+                                                             ["2", "1"], ["2", "2"]]
+    by = table.set_index("Fold")
+    lows = np.array(list(values.values()))
+    assert by.loc["Mean", "Low-Res mIoU"] == pytest.approx(lows.mean())
+    assert by.loc["Std", "Low-Res mIoU"] == pytest.approx(lows.std(ddof=0))
+    assert by.loc["Std of repeat means", "Low-Res mIoU"] == pytest.approx(
+        np.std([lows[:2].mean(), lows[2:].mean()], ddof=0))
+    md = table1_markdown(summary)
+    assert "| Repeat | Fold | Low-Res mIoU | Full-Res mIoU |" in md and "| 2 | 1 | 0.4000 |" in md
+    pending = summarize(epochs_frame(rows[:3]), folds=4, repeats=2)
+    assert pending.set_index("fold").loc[4, "repeat"] == 2
+    assert "| 2 | 2 (pending" in table1_markdown(pending)
+    # one repeat: the seed's layout, no Repeat column
+    assert "Repeat" not in table1(summarize(epochs_frame(rows[:2]), folds=2))

@@ -98,7 +98,8 @@ def test_a_failed_fold_is_told_as_an_error_once():
     fan.on_trial_complete("b", rerun)
     assert spy.heard[1:] == [({"lr": 1e-4}, {TOLD: pytest.approx(0.4)}, False)]
     assert fan.told == [{"config_id": "c1", "values": {"lr": 1e-4}, "folds": 2, "error": False,
-                         "mean": pytest.approx(0.4), "std": pytest.approx(0.1), "retold": True}]
+                         "scores": {"1": 0.3, "2": 0.5}, "mean": pytest.approx(0.4),
+                         "std": pytest.approx(0.1), "retold": True}]
     fan.on_trial_complete("b", rerun)
     assert len(spy.heard) == 2  # told once more, not again and again
 

@@ -20,7 +20,7 @@ from raycity.data.cache import cache_problem
 from raycity.data.layout import check_pairs
 from raycity.data.synthetic import dataset_root
 from raycity.errors import Interrupted, failure_message
-from raycity.folds import FoldSplit, make_folds
+from raycity.folds import FoldSplit, make_repeated_folds
 from raycity.model import check_pretrained
 from raycity.run import (
     EXPERIMENT_NAME,
@@ -128,8 +128,10 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         check_pretrained(cfg.pretrained)
         if (problem := cache_problem(root, cfg.image_size, cfg.scale_jitter)) is not None:
             echo(f"warning: {problem}")
-        folds = make_folds([s.key for s in samples], cfg.folds, cfg.seed,
-                           groups=[s.city for s in samples] if cfg.group_by == "city" else None)
+        folds = make_repeated_folds(
+            [s.key for s in samples], cfg.folds, cfg.seed,
+            groups=[s.city for s in samples] if cfg.group_by == "city" else None,
+            repeats=cfg.repeats)
         storage = opts.storage_path or None
         state = RunState(kind, cfg, list(variants), root, synthetic, storage,
                          opts.name if storage else EXPERIMENT_NAME, list(hparams), metric)
