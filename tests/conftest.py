@@ -2,53 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from raycity.data import write_synthetic_cityscapes
 
-COMPILED_TEST = "test_compiled_fold_on_the_cpu"
-COMPILED = pytest.StashKey[tuple]()
+# Tests that read a run made once per session (or module) stay on one xdist worker, so that
+# the run is made once; the rest of the suite is dealt to the other worker as it frees up.
+SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "data"}
 
 
-def pytest_collection_finish(session):
-    """The compiled fold (tests/compiled_fold.py) starts now, beside the rest of the suite."""
-    if not any(item.name == COMPILED_TEST for item in session.items):
-        return
-    folder = Path(tempfile.mkdtemp(prefix="raycity-compiled-"))
-    with open(folder / "log.txt", "w") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.compiled_fold", str(folder / "said.json"),
-             str(folder / "data")], cwd=Path(__file__).parent.parent, stdout=log,
-            stderr=subprocess.STDOUT, env={**os.environ, "RAYCITY_CACHE": str(folder / "cache")})
-    session.config.stash[COMPILED] = (proc, folder)
-
-
-def pytest_sessionfinish(session):
-    started = session.config.stash.get(COMPILED, None)
-    if started is not None:
-        proc, folder = started
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def compiled_fold(request) -> list[dict]:
-    """What the compiled fold reported, epoch by epoch (waits for it)."""
-    proc, folder = request.config.stash[COMPILED]
-    proc.wait(timeout=1200)
-    said = folder / "said.json"
-    assert proc.returncode == 0 and said.is_file(), (folder / "log.txt").read_text()[-3000:]
-    return json.loads(said.read_text())
+def pytest_collection_modifyitems(items):
+    for item in items:
+        groups = {SHARED_RUNS[f] for f in item.fixturenames if f in SHARED_RUNS}
+        if groups:
+            item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
 
 
 @pytest.fixture(autouse=True)

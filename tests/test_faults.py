@@ -52,9 +52,23 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise AssertionError("timed out")
 
 
-def trial_workers() -> list[int]:
+def trial_workers(ancestor: int) -> list[int]:
+    """The trial workers of the Ray that process `ancestor` started (another test's Ray may
+    run beside it, on the other xdist worker)."""
     out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    return [int(p) for p in out.stdout.split() if descends_from(int(p), ancestor)]
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid, after "(name) state"
+    return False
 
 
 def test_resume_refuses_contradicting_flags(smoke_run, capsys):

@@ -53,7 +53,7 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
     reader.start()
     wait_for(lambda: len(rows(original)) >= 1, proc)
-    workers = trial_workers()
+    workers = trial_workers(proc.pid)
     assert workers, "no trial worker to kill"
     os.kill(workers[0], signal.SIGKILL)
     # the killed fold is restarted, as --max-failures 1 allows, and the run says so
