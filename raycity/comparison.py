@@ -118,7 +118,8 @@ def comparison_markdown(table: pd.DataFrame, metric: str = "miou_full",
     if rows.empty:
         return ""
     first = rows.iloc[0]
-    lines = [f"Against the best configuration ({first['baseline']}), {metric}, paired by fold: "
+    lines = [f"Against the best configuration ({first['baseline']}), {metric}, paired by fold "
+             f"(each (repeat, fold) with --repeats): "
              f"the corrected resampled t-test (Nadeau & Bengio, 2003; n_test/n_train = "
              f"{first['test_train_ratio']:.3f}) and the Bayesian correlated t-test (Benavoli et "
              f"al., 2017; ROPE ± {first['rope']:g}).", "",
