@@ -9,14 +9,20 @@ import pytest
 
 from raycity.data import write_synthetic_cityscapes
 
-# Tests that read a run made once per session (or module) stay on one xdist worker, so that
-# the run is made once; the rest of the suite is dealt to the other worker as it frees up.
-SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "data"}
+# Two xdist workers, two groups of about equal length (≈ 5 min each here), dealt first because
+# xdist's loadgroup deals the groups with the most tests first: "runs", the tests that read the
+# session's smoke CV or ASHA sweep (each made once, on that worker); "solo", the module run of
+# test_cli_data and the two longest tests on their own (a cold inductor compile, the optuna
+# sweep killed and resumed). The other tests fill both workers as they free up.
+SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "solo"}
+LONG_ALONE = {"test_compiled_fold_on_the_cpu": "solo",
+              "test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "solo"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         groups = {SHARED_RUNS[f] for f in item.fixturenames if f in SHARED_RUNS}
+        groups |= {LONG_ALONE[item.name]} if item.name in LONG_ALONE else set()
         if groups:
             item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
 
