@@ -22,6 +22,7 @@ from common import machine, table  # noqa: E402
 from raycity.cli import image_size  # noqa: E402
 from raycity.config import preset  # noqa: E402
 from raycity.engine import pick_device  # noqa: E402
+from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
 from raycity.training import build_model, build_optimizer, fold_speed  # noqa: E402
 
 GIB = 2**30
@@ -33,7 +34,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     args = p.parse_args()
     device = pick_device()
-    cfg = preset("smoke", image_size=args.image_size, batch_size=args.batch_size)
+    cfg = preset("smoke", decoder_channels=SEED_DECODER, image_size=args.image_size,
+                 batch_size=args.batch_size)
     speed = fold_speed(cfg, device)
     model = build_model(cfg, speed)
     optimizer = build_optimizer(cfg, model)

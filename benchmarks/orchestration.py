@@ -36,6 +36,7 @@ from raycity.constants import NUM_CLASSES  # noqa: E402
 from raycity.data import find_samples, synthetic_root  # noqa: E402
 from raycity.engine import EvalStats, TrainStats  # noqa: E402
 from raycity.folds import make_folds  # noqa: E402
+from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
 from raycity.training import FoldSteps, run_fold  # noqa: E402
 
 TRAIN_SHARE = 0.8  # of a stand-in epoch; the rest is evaluation
@@ -108,7 +109,7 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for seconds in args.stand_in:
-        cfg = preset("smoke", epochs=args.epochs, num_workers=0)
+        cfg = preset("smoke", decoder_channels=SEED_DECODER, epochs=args.epochs, num_workers=0)
         root = str(synthetic_root({"train": cfg.synthetic_train, "val": cfg.synthetic_val},
                                   cfg.synthetic_size, cfg.seed))
         plain = in_process(cfg, root, seconds)

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
 from raycity.config import RunOptions, preset  # noqa: E402
+from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
 from raycity.tune.experiment import Variant, run_experiment  # noqa: E402
 
 
@@ -27,7 +28,8 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     rows, first = [], None
     for factor in (1, 2, 4):
-        cfg = preset("smoke", epochs=args.epochs, synthetic_train=args.base * factor)
+        cfg = preset("smoke", decoder_channels=SEED_DECODER, epochs=args.epochs,
+                     synthetic_train=args.base * factor)
         with tempfile.TemporaryDirectory() as tmp:
             opts = RunOptions(name="scale", output=tmp, num_cpus=cpus, max_failures=0,
                               cpus_per_trial=round(cpus / cfg.folds - 0.0005, 3))

@@ -24,6 +24,7 @@ from common import machine, table  # noqa: E402
 from raycity.cli import image_size  # noqa: E402
 from raycity.config import preset  # noqa: E402
 from raycity.engine import pick_device, train_one_epoch  # noqa: E402
+from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
 from raycity.speed import SWITCH, Speed  # noqa: E402
 from raycity.training import build_model, build_optimizer, fold_speed  # noqa: E402
 
@@ -52,7 +53,8 @@ def plain_loop(model, optimizer, data, speed: Speed) -> None:
 
 def seed_flop_per_image(size: tuple[int, int] = (512, 1024)) -> float:
     """Forward + backward FLOPs of one image at the seed's size, counted without computing."""
-    model = build_model(preset("smoke"), fold_speed(preset("smoke"), torch.device("cpu")))
+    cfg = preset("smoke", decoder_channels=SEED_DECODER)
+    model = build_model(cfg, fold_speed(cfg, torch.device("cpu")))
     model = model.to("meta")
     x = torch.randn(1, 3, *size, device="meta")
     y = torch.randint(0, 19, (1, *size), device="meta")
@@ -80,7 +82,7 @@ def main() -> None:
     device = pick_device()
     size = args.image_size or ((512, 1024) if device.type == "cuda" else (64, 128))
     steps = args.steps or (20 if device.type == "cuda" else 4)
-    cfg = preset("smoke", image_size=size, batch_size=args.batch_size)
+    cfg = preset("smoke", decoder_channels=SEED_DECODER, image_size=size, batch_size=args.batch_size)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
