@@ -20,9 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
 from raycity.cli import image_size  # noqa: E402
-from raycity.config import preset  # noqa: E402
+from raycity.config import SEED_DECODER, preset  # noqa: E402
 from raycity.engine import pick_device  # noqa: E402
-from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
 from raycity.training import build_model, build_optimizer, fold_speed  # noqa: E402
 
 GIB = 2**30

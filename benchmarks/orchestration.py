@@ -31,12 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
-from raycity.config import RunOptions, preset  # noqa: E402
+from raycity.config import SEED_DECODER, RunOptions, preset  # noqa: E402
 from raycity.constants import NUM_CLASSES  # noqa: E402
 from raycity.data import find_samples, synthetic_root  # noqa: E402
 from raycity.engine import EvalStats, TrainStats  # noqa: E402
 from raycity.folds import make_folds  # noqa: E402
-from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
 from raycity.training import FoldSteps, run_fold  # noqa: E402
 
 TRAIN_SHARE = 0.8  # of a stand-in epoch; the rest is evaluation

@@ -15,8 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
-from raycity.config import RunOptions, preset  # noqa: E402
-from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
+from raycity.config import SEED_DECODER, RunOptions, preset  # noqa: E402
 from raycity.tune.experiment import Variant, run_experiment  # noqa: E402
 
 

@@ -22,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
 from raycity.cli import image_size  # noqa: E402
-from raycity.config import preset  # noqa: E402
+from raycity.config import SEED_DECODER, preset  # noqa: E402
 from raycity.engine import pick_device, train_one_epoch  # noqa: E402
-from raycity.model import SEED_DECODER  # noqa: E402  (the seed's 147 M-parameter model)
 from raycity.speed import SWITCH, Speed  # noqa: E402
 from raycity.training import build_model, build_optimizer, fold_speed  # noqa: E402
 

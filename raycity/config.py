@@ -23,6 +23,10 @@ class ConfigError(UserError, ValueError):
     """A config value or flag that cannot be used; the message names the key."""
 
 
+# The seed's decoder widths: the bottleneck at 1/32, then the stage outputs at 1/16 … 1/2.
+SEED_DECODER = (2048, 1024, 512, 256, 64)
+
+
 @dataclass(frozen=True)
 class Config:
     # Data. `data_root=None` means the package's synthetic street scenes.
@@ -40,8 +44,8 @@ class Config:
     # Model.
     pretrained: str = "imagenet"  # imagenet | none | PATH to a ResNet-50 state dict
     dropout: float = 0.0
-    # Widths of the bottleneck and the four decoder stages (the seed's: 2048, 1024, 512, 256, 64).
-    decoder_channels: tuple[int, int, int, int, int] = (2048, 1024, 512, 256, 64)
+    # Widths of the bottleneck and the four decoder stages.
+    decoder_channels: tuple[int, int, int, int, int] = SEED_DECODER
     # Optimisation (the seed: Adam 1e-4, batch 2, ReduceLROnPlateau(0.5, 2), CE ignore 255).
     epochs: int = 65
     batch_size: int = 2

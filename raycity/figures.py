@@ -185,18 +185,23 @@ def sweep_figure(board: pd.DataFrame, told: list[dict], hparams: list[str],
     save_png(_render(fig), path)
 
 
+def row_shares(matrix: np.ndarray) -> np.ndarray:
+    """Each row (a true class) divided by its total: where that class's pixels went."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+
+
 def confusion_figure(matrix: np.ndarray, path: str | Path, title: str) -> None:
     """Where each class's pixels went: the confusion matrix summed over folds, each row (a true
     class) normalised to 1, so that rare classes read as clearly as road; the diagonal is the
     recall. Shares above 5 % are printed in the cell."""
-    totals = matrix.sum(axis=1, keepdims=True)
-    share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    totals, share = matrix.sum(axis=1), row_shares(matrix)
     fig, ax = plt.subplots(figsize=(9.5, 8.5))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ticks = np.arange(len(CLASS_NAMES))
     ax.set_xticks(ticks, CLASS_NAMES, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(ticks, [f"{n} ({'—' if t == 0 else f'{t:.1e}'})"
-                          for n, t in zip(CLASS_NAMES, totals[:, 0])], fontsize=8)
+                          for n, t in zip(CLASS_NAMES, totals)], fontsize=8)
     for i, j in zip(*np.nonzero(share >= 0.05)):
         ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=6,
                 color="white" if share[i, j] > 0.6 else "black")
@@ -210,8 +215,7 @@ def confusion_figure(matrix: np.ndarray, path: str | Path, title: str) -> None:
 def most_confused(matrix: np.ndarray, top: int = 3) -> list[tuple[str, str, float]]:
     """The largest off-diagonal shares of a row-normalised confusion matrix: (true, predicted,
     share of the true class's pixels)."""
-    totals = matrix.sum(axis=1, keepdims=True)
-    share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    share = row_shares(matrix)
     np.fill_diagonal(share, 0)
     order = np.argsort(share, axis=None)[::-1][:top]
     return [(CLASS_NAMES[i], CLASS_NAMES[j], float(share[i, j]))

@@ -139,6 +139,7 @@ def predict_batch(models: Sequence[Model], images: Sequence[torch.Tensor], cfg: 
     low = [torch.zeros(NUM_CLASSES, *cfg.image_size, device=device) for _ in images] \
         if low_res else None
     n = len(tta.scales) * len(models) * (2 if tta.flip else 1)
+    single = n == 1  # one view: its classes from its logits, as validation takes them
     classes: dict[tuple[str, int], torch.Tensor] = {}
     for scale in tta.scales:
         size = [max(32, round(cfg.image_size[0] * scale)), max(32, round(cfg.image_size[1] * scale))]
@@ -152,20 +153,19 @@ def predict_batch(models: Sequence[Model], images: Sequence[torch.Tensor], cfg: 
                 for i, logit in enumerate(logits):
                     up = upsample(logit, full[i].shape[-2:])
                     full[i] += up.softmax(0)
-                    if n == 1:
+                    if single:
                         classes[("full", i)] = up.argmax(0)
                     if low is not None:
                         up = upsample(logit, cfg.image_size)
                         low[i] += up.softmax(0)
-                        if n == 1:
+                        if single:
                             classes[("low", i)] = up.argmax(0)
     predictions = []
     for i in range(len(images)):
         p_full, p_low = full[i] / n, low[i] / n if low is not None else None
-        one = n == 1
         predictions.append(Prediction(
-            p_full, p_low, classes[("full", i)] if one else p_full.argmax(0),
-            None if p_low is None else classes[("low", i)] if one else p_low.argmax(0)))
+            p_full, p_low, classes[("full", i)] if single else p_full.argmax(0),
+            None if p_low is None else classes[("low", i)] if single else p_low.argmax(0)))
     return predictions
 
 

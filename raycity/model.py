@@ -6,6 +6,7 @@ channel arguments so that the shape story can be read off the constructor.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -14,15 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
+from raycity.config import SEED_DECODER
 from raycity.constants import NUM_CLASSES
 from raycity.errors import UserError, brief
 
 # Channels of the stem (1/2) and of the four residual stages (1/4 … 1/32).
 ENCODER_CHANNELS = (64, 256, 512, 1024, 2048)
-# The seed's decoder widths: the bottleneck at 1/32, then the stage outputs at 1/16 … 1/2. The
-# bottleneck and the first stage hold 100 M of the 147 M parameters; `Config.decoder_channels`
-# narrows them (as segmentation_models_pytorch's `decoder_channels` does) for a light model.
-SEED_DECODER = (2048, 1024, 512, 256, 64)
+# The seed's bottleneck and first stage hold 100 M of its 147 M parameters;
+# `Config.decoder_channels` narrows them (as segmentation_models_pytorch's `decoder_channels`
+# does) for a light model.
 DECODER_CHANNELS = SEED_DECODER[1:]
 HEAD_CHANNELS = 32
 
@@ -101,9 +102,10 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        if x.device.type == "meta":  # shapes and FLOPs counted without data: no autocast there
-            return self.classify(x.float())
-        with torch.autocast(x.device.type, enabled=False):
+        # on `meta` (shapes and FLOPs counted without data) there is no autocast to leave
+        fp32 = contextlib.nullcontext() if x.device.type == "meta" else \
+            torch.autocast(x.device.type, enabled=False)
+        with fp32:
             return self.classify(x.float())
 
 

@@ -204,11 +204,12 @@ class FoldFanOut(Searcher):
     def _tell(self, group: dict[str, Any]) -> None:
         """Once per configuration — and once more if it was told that a fold failed and a
         resumed run (which reruns failed folds) has since finished that fold."""
-        scores = [group["best"][f][1] for f in self.folds if f in group["best"]]
+        by_fold = {f: group["best"][f][1] for f in self.folds if f in group["best"]}
+        scores = list(by_fold.values())
         failed = any(group["done"].values()) or len(scores) < len(self.folds)
         record = {"config_id": group["config_id"], "values": group["values"],
                   "folds": len(scores), "error": failed,
-                  "scores": {str(f): group["best"][f][1] for f in self.folds if f in group["best"]}}
+                  "scores": {str(f): s for f, s in by_fold.items()}}
         if not failed:
             mean, std = mean_std(scores)
             record.update(mean=mean, std=std)

@@ -19,19 +19,23 @@ from typing import Any
 STUDY_NAME = "raycity"
 
 
+def journal(path: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
 def write_study(path: Path, told: list[dict[str, Any]], distributions: Mapping[str, Any],
                 metric: str) -> None:
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     temporary = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
-    storage = JournalStorage(JournalFileBackend(str(temporary)))
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize")
+    study = optuna.create_study(storage=journal(temporary), study_name=STUDY_NAME, direction="maximize")
     with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the axis shows
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([f"{metric} (fold mean)"])
@@ -53,8 +57,5 @@ def write_study(path: Path, told: list[dict[str, Any]], distributions: Mapping[s
 def load_study(path: Path):
     """The study as Optuna reads it (what the dashboard shows)."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    return optuna.load_study(study_name=STUDY_NAME,
-                             storage=JournalStorage(JournalFileBackend(str(path))))
+    return optuna.load_study(study_name=STUDY_NAME, storage=journal(path))
