@@ -9,22 +9,35 @@ import pytest
 
 from raycity.data import write_synthetic_cityscapes
 
-# Two xdist workers, two groups of about equal length (≈ 5 min each here), dealt first because
-# xdist's loadgroup deals the groups with the most tests first: "runs", the tests that read the
-# session's smoke CV or ASHA sweep (each made once, on that worker); "solo", the module run of
-# test_cli_data and the two longest tests on their own (a cold inductor compile, the optuna
-# sweep killed and resumed). The other tests fill both workers as they free up.
-SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "solo"}
-LONG_ALONE = {"test_compiled_fold_on_the_cpu": "solo",
-              "test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "solo"}
+# Two xdist workers (a third measured no faster: the Ray tests' daemons and trial processes keep
+# both cores busy). xdist's loadgroup deals the groups with the most tests first, then one more
+# unit to each worker: "runs" (the readers of the session's smoke CV and ASHA sweep, made once
+# there, and the kill-and-resume test) and then "data" (test_cli_data's module run, the optuna
+# sweep killed and resumed) go to one worker, "local" (the readers of the Ray-free run, and the
+# cold inductor compile) to the other; the rest fills in as workers free up.
+SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "data", "local_run": "local"}
+LONG_ALONE = {"test_compiled_fold_on_the_cpu": "local",
+              "test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marker into the node id
 def pytest_collection_modifyitems(items):
     for item in items:
         groups = {SHARED_RUNS[f] for f in item.fixturenames if f in SHARED_RUNS}
         groups |= {LONG_ALONE[item.name]} if item.name in LONG_ALONE else set()
         if groups:
             item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """xdist keeps a group together by a suffix on the node id; pytest 9.2 ignores the way
+    xdist 3.8 sets it, and then every worker builds every shared run. Said, not slowed."""
+    if getattr(session.config.option, "loadgroup", False) and any(
+            item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+            for item in session.items):
+        raise pytest.UsageError("xdist groups were not applied (pytest and pytest-xdist "
+                                "versions?): the shared runs would be built on every worker")
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +80,18 @@ SMOKE_EPOCHS = 2
 # fp16 + loss-scaling fold): this CPU has no bf16 convolution kernels, ≈ 9 s a step against
 # 3.5 s channels-last fp32. 3 scenes: one training step per fold and epoch.
 FORCED_LAYOUT = ["--channels-last", "on", "--synthetic-train", "3"]
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory, tiny_cityscapes) -> Path:
+    """A smoke CV's run directory written in-process, without Ray (tests/localrun.py): what the
+    inference, evaluate, predict and report tests read."""
+    from raycity.config import preset
+    from tests.localrun import write_local_run
+
+    cfg = preset("smoke", data_root=str(tiny_cityscapes), epochs=SMOKE_EPOCHS,
+                 channels_last="on")
+    return write_local_run(cfg, tmp_path_factory.mktemp("local") / "smoke")
 
 
 @pytest.fixture(scope="session")

@@ -71,11 +71,10 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def test_resume_refuses_contradicting_flags(smoke_run, capsys):
+def test_resume_refuses_contradicting_flags(local_run, capsys):
     from raycity import cv
 
-    _, run_dir = smoke_run
-    assert cv.main(["--resume", str(run_dir), "--lr", "0.5"]) == 2
+    assert cv.main(["--resume", str(local_run), "--lr", "0.5"]) == 2
     assert "lr=0.5 (saved 0.001)" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
-"""Figures, report, export and official-split evaluation on a real smoke run."""
+"""Figures, report, export and official-split evaluation, on a smoke CV written without Ray
+(conftest.local_run: the real fold recipe, journals, export and report)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,8 @@ from raycity.run import RunDir
 
 
 @pytest.fixture
-def run_dir(smoke_run):
-    code, path = smoke_run
-    assert code == 0
-    return path
+def run_dir(local_run):
+    return local_run
 
 
 def test_figures_are_written_and_readable(run_dir):
