@@ -1,7 +1,7 @@
 """A fold's files in its trial's storage, and its journal: the few bytes per epoch
 (`epoch-<epoch>.json`, and `done.json` once the fold has finished) that a scheduler's or a
 driver's bookkeeping cannot lose, and from which a lost table is rebuilt. `FoldCheckpoints`
-(snapshots.py) adds the states and best weights written beside them."""
+(foldstates.py) adds the states and best weights written beside them."""
 
 from __future__ import annotations
 

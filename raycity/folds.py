@@ -20,15 +20,12 @@ class FoldsError(UserError, ValueError):
 class FoldSplit:
     """One fold trial's split. `fold` numbers the trials of a run, 1 … repeats × K: with
     repeated K-fold, repeat r holds folds (r-1)·K+1 … r·K, so every (repeat, fold) pair is one
-    trial, checkpoint and table key, and `split_fold` is its number within its repeat."""
+    trial, checkpoint and table key."""
 
     fold: int  # 1-based, unique in the run
     train: tuple[str, ...]
     val: tuple[str, ...]
     repeat: int = 1  # 1-based
-
-    def split_fold(self, k: int) -> int:
-        return self.fold - (self.repeat - 1) * k
 
 
 def repeat_seed(seed: int, repeat: int) -> int:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from raycity.foldstates import FoldCheckpoints
 from raycity.results import BEST_BY
-from raycity.snapshots import FoldCheckpoints
 
 REPLAYED = "replayed"  # a result key: said before, said again after a resume (no new row)
 NOTICE = "notice"  # a result key: one line for the user about this fold (e.g. a damaged state)

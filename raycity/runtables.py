@@ -18,6 +18,7 @@ from raycity.constants import CLASS_KEYS, CONFUSION
 from raycity.data.layout import first_label_size
 from raycity.errors import brief
 from raycity.foldfiles import STATE_DIR
+from raycity.foldstates import FoldCheckpoints
 from raycity.results import (
     EPOCH_COLUMNS,
     IOU_FULL,
@@ -31,7 +32,6 @@ from raycity.results import (
     table1_markdown,
 )
 from raycity.run import RunDir, RunState
-from raycity.snapshots import FoldCheckpoints
 
 # a trial's folder, `<config>_fold<k>_<trial id>` (a trial id may hold '_': `c05b1_00000`)
 TRIAL_DIR = re.compile(r"^.+?_fold\d+_(.+)$")

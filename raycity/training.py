@@ -37,9 +37,9 @@ from raycity.engine import (
 from raycity.errors import UserError
 from raycity.folds import FoldSplit
 from raycity.foldsession import NOTICE, FoldSession
+from raycity.foldstates import FoldCheckpoints
 from raycity.metrics import iou_per_class, mean_iou
 from raycity.model import UNetResNet50, empty_model
-from raycity.snapshots import FoldCheckpoints
 from raycity.speed import Speed, check_device, match_layouts, resolve_speed
 
 Report = Callable[[dict[str, Any], "str | None"], None]

@@ -15,10 +15,10 @@ from raycity.config import Config
 from raycity.data import find_samples
 from raycity.foldfiles import STATE_DIR
 from raycity.folds import make_repeated_folds
+from raycity.foldstates import FoldCheckpoints
 from raycity.report import write_report
 from raycity.run import EXPERIMENT_NAME, RunDir, RunState, Variant, create_run_dir
 from raycity.runtables import load_epochs, write_tables
-from raycity.snapshots import FoldCheckpoints
 from raycity.training import run_fold
 from raycity.tune.trialfiles import export_best
 

@@ -58,8 +58,8 @@ def test_repeated_folds_are_independent_splits_numbered_through(tmp_path):
 
     assert make_repeated_folds(KEYS, k=3, seed=7) == make_folds(KEYS, k=3, seed=7)
     folds = make_repeated_folds(KEYS, k=3, seed=7, repeats=3)
-    assert [(f.repeat, f.fold, f.split_fold(3)) for f in folds] == [
-        (r, (r - 1) * 3 + i, i) for r in (1, 2, 3) for i in (1, 2, 3)]
+    assert [(f.repeat, f.fold) for f in folds] == [
+        (r, (r - 1) * 3 + i) for r in (1, 2, 3) for i in (1, 2, 3)]
     splits = []
     for r in (1, 2, 3):
         vals = [set(f.val) for f in folds if f.repeat == r]

@@ -19,8 +19,8 @@ from raycity import cv, sweep
 from raycity.config import ConfigError, preset
 from raycity.data.layout import DataError, check_pairs, find_samples, read_sample
 from raycity.errors import StorageError
+from raycity.foldstates import FoldCheckpoints
 from raycity.runlock import RunLock, RunLockedError, lock_path
-from raycity.snapshots import FoldCheckpoints
 from raycity.tune.space import SpaceError, load_space
 from tests.test_user_errors import one_line
 

@@ -12,7 +12,7 @@ import raycity
 
 CORE = ["raycity.config", "raycity.constants", "raycity.data", "raycity.data.cache",
         "raycity.folds", "raycity.model", "raycity.metrics", "raycity.engine", "raycity.training",
-        "raycity.checkpoint", "raycity.snapshots", "raycity.hostcopy", "raycity.inference",
+        "raycity.checkpoint", "raycity.foldstates", "raycity.hostcopy", "raycity.inference",
         "raycity.results", "raycity.figures", "raycity.report", "raycity.evaluate", "raycity.predict",
         "raycity.run", "raycity.runtables", "raycity.foldfiles", "raycity.speed", "raycity.cli",
         "raycity.comparison", "raycity.compare", "raycity.tracking", "raycity.mlflowsetup",

@@ -102,8 +102,8 @@ def test_a_trial_started_after_tunes_last_snapshot_is_not_the_runs(tmp_path):
     values), so a rebuilt or completed table must not take its epochs."""
     import json
 
+    from raycity.foldstates import FoldCheckpoints
     from raycity.runtables import trial_records
-    from raycity.snapshots import FoldCheckpoints
 
     state = RunState("sweep", preset("smoke"), [], str(tmp_path), True, None, "tune", ["lr"])
     experiment = tmp_path / "tune"

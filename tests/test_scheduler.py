@@ -205,7 +205,7 @@ def test_a_rung_the_restored_scheduler_never_heard_is_said_again_by_the_resuming
     it. Fold 2 resumes from its state past the rung and says its rungs again, from its records
     (or, for the epoch its state holds, from the state's metrics)."""
     from raycity.foldsession import REPLAYED, FoldSession
-    from raycity.snapshots import FoldCheckpoints
+    from raycity.foldstates import FoldCheckpoints
 
     s = FoldMeanASHA("m", folds=2, max_t=8, grace_period=1, reduction_factor=3)  # rungs 1, 3
     trials, tc = fleet(["mid"])

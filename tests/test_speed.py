@@ -16,8 +16,8 @@ import torch
 from raycity.config import Config, preset
 from raycity.data import find_samples
 from raycity.folds import FoldSplit
+from raycity.foldstates import FoldCheckpoints
 from raycity.hostcopy import HostBuffers
-from raycity.snapshots import FoldCheckpoints
 from raycity.speed import match_layouts, resolve_speed
 from raycity.training import build_model, build_optimizer, run_fold
 
@@ -184,7 +184,7 @@ def test_in_process_commands_pick_the_gpu_when_there_is_one(monkeypatch):
 def test_the_writer_waits_for_the_device_copies_before_it_starts(tmp_path, monkeypatch):
     """Host copies from a GPU are asynchronous: the device is synchronised before the writer
     thread reads the buffers (torch.cuda stood in)."""
-    import raycity.snapshots as snapshots
+    import raycity.foldstates as foldstates
 
     order = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -197,4 +197,4 @@ def test_the_writer_waits_for_the_device_copies_before_it_starts(tmp_path, monke
     ck.end_of_epoch(1, 0.5, lambda: weights, lambda: {"model": weights, "epoch": 1,
                                                        "meta": {}}, {}, sync=True)
     assert order == ["synchronize", "writer"]
-    assert snapshots.FoldCheckpoints  # the module under test
+    assert foldstates.FoldCheckpoints  # the module under test

@@ -17,7 +17,7 @@ from raycity.data.cache import build_cache, cached_reader
 from raycity.engine import EvalStats, TrainStats
 from raycity.folds import load_folds, make_folds
 from raycity.foldsession import REPLAYED
-from raycity.snapshots import FoldCheckpoints
+from raycity.foldstates import FoldCheckpoints
 from raycity.training import FoldSteps, build_loaders, run_fold
 
 METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]

@@ -20,6 +20,7 @@ from ray import tune
 from raycity.errors import brief, failure_message
 from raycity.foldfiles import STATE_DIR
 from raycity.foldsession import NOTICE, REPLAYED
+from raycity.foldstates import FoldCheckpoints
 from raycity.results import (
     EPOCH_COLUMNS,
     atomic_write_text,
@@ -27,7 +28,6 @@ from raycity.results import (
 )
 from raycity.run import RunDir, RunState
 from raycity.runtables import hp_column, load_epochs, load_status, tuned, write_tables
-from raycity.snapshots import FoldCheckpoints
 from raycity.tracking import Tracker
 from raycity.tune.driver import StopSignals
 from raycity.tune.trainable import USER_ERROR

@@ -17,7 +17,7 @@ from raycity.config import Config
 from raycity.errors import UserError, short_error
 from raycity.foldfiles import STATE_DIR
 from raycity.folds import FoldSplit
-from raycity.snapshots import FoldCheckpoints
+from raycity.foldstates import FoldCheckpoints
 from raycity.training import run_fold
 
 POINTER = "state.json"  # what Tune's own (tiny) checkpoint holds: the name of a state file

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from raycity.foldfiles import STATE_DIR
+from raycity.foldstates import FoldCheckpoints
 from raycity.run import RunDir, RunState
-from raycity.snapshots import FoldCheckpoints
 
 
 def export_best(run_dir: Path, state: RunState, key: tuple[str, int], result: Any) -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import raycity.durable as durable
-import raycity.snapshots as snapshots
-from raycity.snapshots import FoldCheckpoints
+import raycity.foldstates as foldstates
+from raycity.foldstates import FoldCheckpoints
 
 
 class Clock:
@@ -27,7 +27,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(snapshots.time, "perf_counter", clock)
+    monkeypatch.setattr(foldstates.time, "perf_counter", clock)
     return clock
 
 
