@@ -19,10 +19,12 @@ class CheckpointError(UserError, ValueError):
 
 
 def load_checkpoint(path: str | Path | BinaryIO,
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+                    map_location: str | torch.device = "cpu", *,
+                    name: str | None = None) -> dict[str, Any]:
     """Load with `weights_only=True` and check it is one of ours before anyone uses it.
 
-    `path` may also be an open binary stream (e.g. from a pyarrow filesystem).
+    `path` may also be an open binary stream (e.g. from a pyarrow filesystem); `name` is then
+    the file that messages name (a stream's repr says nothing to a user).
     """
     if isinstance(path, (str, Path)):
         path = Path(path)
@@ -30,14 +32,15 @@ def load_checkpoint(path: str | Path | BinaryIO,
             path = path / FILENAME
         if not path.is_file():
             raise CheckpointError(f"{path}: checkpoint not found")
+    label = name or str(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a loadable raycity checkpoint ({brief(err)})") from err
+        raise CheckpointError(f"{label}: not a loadable raycity checkpoint ({brief(err)})") from err
     meta = state.get("meta", {}) if isinstance(state, dict) else {}
     if meta.get("arch") != ARCH or "model" not in state:
-        raise CheckpointError(f"{path}: not a {ARCH} checkpoint (arch={meta.get('arch')!r})")
+        raise CheckpointError(f"{label}: not a {ARCH} checkpoint (arch={meta.get('arch')!r})")
     if meta.get("num_classes") != NUM_CLASSES:
-        raise CheckpointError(f"{path}: trained for {meta.get('num_classes')} classes, "
+        raise CheckpointError(f"{label}: trained for {meta.get('num_classes')} classes, "
                               f"raycity evaluates {NUM_CLASSES}")
     return state

@@ -96,10 +96,13 @@ class FoldCheckpoints(FoldFiles):
         for _, name in sorted(self._files(STATE).items(), reverse=True):
             try:
                 with self.fs.open_input_file(self._path(name)) as stream:
-                    state = load_checkpoint(stream, map_location=map_location)
+                    state = load_checkpoint(stream, map_location=map_location,
+                                            name=self._path(name))
                 break
-            except (CheckpointError, OSError) as err:
-                damaged.append(f"{self._path(name)} ({brief(err, 80)})")
+            except (CheckpointError, OSError) as err:  # the file is named here: say the cause
+                size = self.fs.get_file_info(self._path(name)).size
+                damaged.append(f"{self._path(name)} ({size} bytes: "
+                               f"{brief(err.__cause__ or err, 80)})")
                 self._delete(name)
         epoch = state["epoch"] if state else 0
         if damaged:
