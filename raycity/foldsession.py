@@ -2,7 +2,7 @@
 stand-in folds both call it, so what is tested is what runs.
 
 1. `finished()`: a fold restarted after it had finished says its last epoch again and trains
-   nothing (its end reached the fold's record but not the scheduler's snapshot);
+   nothing (its end reached the fold's record but not Tune's experiment snapshot of the scheduler);
 2. `resume()`: the newest state that loads, and `replay(state)`: the results at the early-
    stopping rungs it has passed, said again for a scheduler that may have missed them;
 3. `end_epoch(...)`: the state (synchronously at a rung), the best weights, the epoch's record;

@@ -99,10 +99,8 @@ class FoldCheckpoints(FoldFiles):
                     state = load_checkpoint(stream, map_location=map_location,
                                             name=self._path(name))
                 break
-            except (CheckpointError, OSError) as err:  # the file is named here: say the cause
-                size = self.fs.get_file_info(self._path(name)).size
-                damaged.append(f"{self._path(name)} ({size} bytes: "
-                               f"{brief(err.__cause__ or err, 80)})")
+            except (CheckpointError, OSError) as err:
+                damaged.append(f"{self._path(name)} ({self._why_damaged(name, err)})")
                 self._delete(name)
         epoch = state["epoch"] if state else 0
         if damaged:
@@ -139,10 +137,10 @@ class FoldCheckpoints(FoldFiles):
             self.best_epoch, self.best_score = epoch, score
             self._best = {"model": self._best_buffers.copy(weights()), "meta": dict(meta)}
         if due:
-            snapshot = self._state_buffers.copy(
+            copied = self._state_buffers.copy(
                 {**state(), "best": {"epoch": self.best_epoch, "score": self.best_score}})
             self._sync_cuda()
-            self._start(self._job(epoch, snapshot))
+            self._start(self._job(epoch, copied))
             if sync:
                 self._join()
                 self._collect(result)
@@ -185,7 +183,7 @@ class FoldCheckpoints(FoldFiles):
             keep |= {best} if best >= 0 else {e for e in self._files(BEST) if e <= -best}
         return keep
 
-    def _job(self, epoch: int, snapshot: dict) -> Callable[[], None]:
+    def _job(self, epoch: int, copied: dict) -> Callable[[], None]:
         write_best = self._best is not None and self._best_on_disk != self.best_epoch
         best_epoch = self.best_epoch
 
@@ -193,7 +191,7 @@ class FoldCheckpoints(FoldFiles):
             began = time.perf_counter()
             nbytes = self._write_best() if write_best else 0
             name = f"state-{epoch:06d}.pt"
-            nbytes += self._write(name, snapshot)
+            nbytes += self._write(name, copied)
             # Only now that the new state is durable may older files go. The previous complete
             # state stays (with the best weights it refers to) until the next one is: at most
             # three full states exist at any moment, two complete and one being written.
@@ -231,6 +229,18 @@ class FoldCheckpoints(FoldFiles):
             name, nbytes = self._done.pop(0)
             result.saved = name
             result.bytes += nbytes
+
+    def _why_damaged(self, name: str, err: Exception) -> str:
+        """The loader's own reason and the file's size (0 bytes: a power loss), without the
+        file's name again: the notice names it."""
+        cause = err.__cause__ or err
+        reason = str(cause).strip().removeprefix(f"{self._path(name)}: ") or type(cause).__name__
+        try:
+            info = self.fs.get_file_info(self._path(name))
+            size = f"{info.size} bytes: " if info.type == pafs.FileType.File else ""
+        except OSError:
+            size = ""
+        return size + brief(ValueError(reason), 80)
 
     @staticmethod
     def _sync_cuda() -> None:

@@ -14,7 +14,8 @@ from raycity.data import write_synthetic_cityscapes
 # unit to each worker: "runs" (the readers of the session's smoke CV and ASHA sweep, made once
 # there, and the kill-and-resume test) and then "data" (test_cli_data's module run, the optuna
 # sweep killed and resumed) go to one worker, "local" (the readers of the Ray-free run, and the
-# cold inductor compile) to the other; the rest fills in as workers free up.
+# cold inductor compile) to the other; the rest fills in as workers free up. This deal follows
+# the groups' sizes (runs 16 items > local 15 > data 5): recount when tests move between them.
 SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "data", "local_run": "local"}
 LONG_ALONE = {"test_compiled_fold_on_the_cpu": "local",
               "test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data"}
@@ -29,15 +30,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_finish(session):
-    """xdist keeps a group together by a suffix on the node id; pytest 9.2 ignores the way
-    xdist 3.8 sets it, and then every worker builds every shared run. Said, not slowed."""
-    if getattr(session.config.option, "loadgroup", False) and any(
-            item.get_closest_marker("xdist_group") and "@" not in item.nodeid
-            for item in session.items):
-        raise pytest.UsageError("xdist groups were not applied (pytest and pytest-xdist "
-                                "versions?): the shared runs would be built on every worker")
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """xdist keeps a group together by a suffix on the node id, which pytest 9.2 ignores when
+    xdist 3.8 sets it; every worker would then build every shared run. Said in one line, before
+    anything runs, rather than found as a slower suite (checked on the tests grouped by name)."""
+    for nodeid in ids:
+        name = nodeid.split("::")[-1].split("@")[0].split("[")[0]
+        if name in LONG_ALONE and not nodeid.endswith(f"@{LONG_ALONE[name]}"):
+            pytest.exit(f"{nodeid}: its xdist group was not applied (the pytest and "
+                        f"pytest-xdist versions the test extra pins?); every worker would build "
+                        f"every shared run", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +88,7 @@ FORCED_LAYOUT = ["--channels-last", "on", "--synthetic-train", "3"]
 @pytest.fixture(scope="session")
 def local_run(tmp_path_factory, tiny_cityscapes) -> Path:
     """A smoke CV's run directory written in-process, without Ray (tests/localrun.py): what the
-    inference, evaluate, predict and report tests read."""
+    inference, evaluate, predict and report tests, and the resume-flag check, read."""
     from raycity.config import preset
     from tests.localrun import write_local_run
 

@@ -1,8 +1,11 @@
 """A CV run directory written without Ray, for the tests that read what a run leaves behind
-(inference, evaluate, predict, TTA, the ensemble, the report): each fold trained in-process by the
-real fold recipe into the same trial folders, journals and best weights a Tune trial keeps; the
-tables rebuilt from those journals as `--resume` rebuilds them; the best weights exported and the
-report written by the code a real run calls. Seconds, where a Ray run costs half a minute."""
+(inference, evaluate, predict, TTA, the ensemble, the report, `--resume`'s checks): each fold
+trained in-process by the real fold recipe into the same trial folders, journals and best weights
+a Tune trial keeps; epochs.parquet made from the results the folds reported, as the driver's
+recorder makes it (so a table rebuilt from the journals is compared with something else); the
+best weights exported, the trials' states dropped and the report written by the code a real run
+calls. Seconds, where a Ray run costs half a minute. Not exercised here: Tune's experiment
+snapshot (which trials a resume restores) and a synthetic demo run's data root."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import types
 from pathlib import Path
 
 import pyarrow.fs
+import torch
 
 from raycity.config import Config
 from raycity.data import find_samples
@@ -17,32 +21,44 @@ from raycity.foldfiles import STATE_DIR
 from raycity.folds import make_repeated_folds
 from raycity.foldstates import FoldCheckpoints
 from raycity.report import write_report
+from raycity.results import EPOCH_COLUMNS, epochs_frame
 from raycity.run import EXPERIMENT_NAME, RunDir, RunState, Variant, create_run_dir
-from raycity.runtables import load_epochs, write_tables
+from raycity.runtables import write_tables
 from raycity.training import run_fold
-from raycity.tune.trialfiles import export_best
+from raycity.tune.trialfiles import drop_trial_checkpoints, export_best
 
 
 def write_local_run(cfg: Config, run_dir: Path, *, cpus: float = 1) -> Path:
     """`cfg` (with its data root) cross-validated fold after fold in this process."""
     root = cfg.data_root
-    folds = make_repeated_folds([s.key for s in find_samples(root, "train")], cfg.folds,
-                                cfg.seed, repeats=cfg.repeats)
+    samples = find_samples(root, "train")
+    folds = make_repeated_folds([s.key for s in samples], cfg.folds, cfg.seed,
+                                groups=[s.city for s in samples] if cfg.group_by == "city"
+                                else None, repeats=cfg.repeats)
     state = RunState("cv", cfg, [Variant("cv")], root, False, None, EXPERIMENT_NAME, [])
     create_run_dir(run_dir)
     files = RunDir(run_dir)
     files.write_new(state, folds)
+    rows: list[dict] = []
+    threads = torch.get_num_threads()
     for split in folds:
         trial = Path(state.experiment_path(run_dir)) / f"cv_fold{split.fold}_local{split.fold}"
         checkpoints = FoldCheckpoints(str(trial / STATE_DIR),
                                       labels={"config_id": "cv", "overrides": {}})
-        run_fold(cfg, split, root, lambda metrics, saved: None, checkpoints=checkpoints,
-                 cpus=cpus)
+
+        def report(metrics: dict, saved: str | None, fold: int = split.fold) -> None:
+            # the row the driver's recorder makes of a reported result
+            rows.append({**{k: metrics[k] for k in EPOCH_COLUMNS if k in metrics},
+                         "config_id": "cv", "fold": fold})
+
+        run_fold(cfg, split, root, report, checkpoints=checkpoints, cpus=cpus,
+                 device=torch.device("cpu"))
         # what the driver does with a finished trial's result
         result = types.SimpleNamespace(filesystem=pyarrow.fs.LocalFileSystem(), path=str(trial))
         export_best(run_dir, state, ("cv", split.fold), result)
-    # no epochs.parquet yet: rebuilt from the folds' journals, as a resume would
-    write_tables(run_dir, state, load_epochs(run_dir, state, echo=lambda line: None), {})
+        drop_trial_checkpoints(result)
+    torch.set_num_threads(threads)  # run_fold set the trial's own
+    write_tables(run_dir, state, epochs_frame(rows), {})
     state.finished = True
     files.save(state)
     write_report(run_dir)
