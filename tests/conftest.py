@@ -54,7 +54,7 @@ def ray_session():
     """Ray is started once (2 CPUs, no dashboard) and always shut down."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     yield ray
     ray.shutdown()

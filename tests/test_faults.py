@@ -170,12 +170,18 @@ def test_multi_node_cluster_with_shared_storage(tmp_path, tiny_cityscapes):
     assert (run_dir / "summary.md").is_file() and (run_dir / "checkpoints" / "fold1.pt").is_file()
 
 
-def test_unreachable_cluster_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize("flags, env, named", [
+    (["--address", "127.0.0.1:1"], {}, "--address 127.0.0.1:1"),
+    # Ray's own variable is a request to join too (it used to reach ray.init beside
+    # --num-cpus: a ValueError traceback)
+    ([], {"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS=127.0.0.1:1")])
+def test_unreachable_cluster_is_one_clear_error(tmp_path, flags, env, named):
     proc = subprocess.run(
-        [sys.executable, "-m", "raycity.cv", "--preset", "smoke", "--address", "127.0.0.1:1",
-         "--output", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "--address 127.0.0.1:1: cannot connect to a Ray cluster" in proc.stderr
+        [sys.executable, "-m", "raycity.cv", "--preset", "smoke", *flags,
+         "--output", str(tmp_path)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env})
+    assert proc.returncode == 2, proc.stderr
+    assert f"{named}: cannot connect to a Ray cluster" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing was written
 

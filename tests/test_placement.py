@@ -15,7 +15,7 @@ import ray
 from ray import cloudpickle
 from tests import standins
 cloudpickle.register_pickle_by_value(standins)
-ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
 from raycity.config import RunOptions, preset
 from raycity.tune.experiment import Variant, run_experiment
 seen = {}

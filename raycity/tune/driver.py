@@ -92,20 +92,25 @@ class RayLogs:
 
 
 def connect_ray(opts: RunOptions) -> bool:
-    """Join `--address` or start a local Ray; True when this call started it (and must stop it)."""
+    """Join `--address` (else `$RAY_ADDRESS`, Ray's own way to name a cluster) or start a local
+    Ray of our own — never one found running on this machine (another run's, or a `ray start`
+    head's), which Ray would otherwise join and then refuse `--num-cpus` for. True when this call
+    started it (and must stop it)."""
     import ray
 
     if ray.is_initialized():
         return False
-    if opts.address:
-        check_reachable(opts.address)
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        flag = f"--address {address}" if opts.address else f"RAY_ADDRESS={address}"
+        check_reachable(address, flag)
         try:
-            ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RunError(f"--address {opts.address}: cannot connect to a Ray cluster ({brief(err)}); "
-                           f"start one with `ray start --head` or omit --address") from err
+            raise RunError(f"{flag}: cannot connect to a Ray cluster ({brief(err)}); start one "
+                           f"with `ray start --head`, or omit it for a local Ray") from err
         return True
-    context = ray.init(num_cpus=opts.num_cpus, include_dashboard=opts.dashboard,
+    context = ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=opts.dashboard,
                        dashboard_host=opts.dashboard_host, log_to_driver=False,
                        configure_logging=False)
     if opts.dashboard and context.dashboard_url:
@@ -114,18 +119,19 @@ def connect_ray(opts: RunOptions) -> bool:
     return True
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+def check_reachable(address: str, flag: str | None = None, timeout_s: float = 5.0) -> None:
     """Ray retries an unreachable GCS for minutes; a TCP probe answers at once."""
+    flag = flag or f"--address {address}"
     if address == "auto":
         return
     host_port = address.removeprefix("ray://").rsplit(":", 1)
     if len(host_port) != 2 or not host_port[1].isdigit():
-        raise RunError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+        raise RunError(f"{flag}: expected auto, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host_port[0], int(host_port[1])), timeout=timeout_s).close()
     except OSError as err:
-        raise RunError(f"--address {address}: cannot connect to a Ray cluster ({brief(err)}); start one "
-                       f"with `ray start --head` or omit --address") from err
+        raise RunError(f"{flag}: cannot connect to a Ray cluster ({brief(err)}); start one "
+                       f"with `ray start --head`, or omit it for a local Ray") from err
 
 
 def probe_storage(uri: str, timeout_s: float = 10.0) -> None:
