@@ -15,7 +15,7 @@ from raycity.data import write_synthetic_cityscapes
 # there, and the kill-and-resume test) and then "data" (test_cli_data's module run, the optuna
 # sweep killed and resumed) go to one worker, "local" (the readers of the Ray-free run, and the
 # cold inductor compile) to the other; the rest fills in as workers free up. This deal follows
-# the groups' sizes (runs 16 items > local 15 > data 5): recount when tests move between them.
+# the groups' sizes (runs 17 items > local 15 > data 5): recount when tests move between them.
 SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "data", "local_run": "local"}
 LONG_ALONE = {"test_compiled_fold_on_the_cpu": "local",
               "test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data"}

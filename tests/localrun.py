@@ -5,7 +5,8 @@ a Tune trial keeps; epochs.parquet made from the results the folds reported, as 
 recorder makes it (so a table rebuilt from the journals is compared with something else); the
 best weights exported, the trials' states dropped and the report written by the code a real run
 calls. Seconds, where a Ray run costs half a minute. Not exercised here: Tune's experiment
-snapshot (which trials a resume restores) and a synthetic demo run's data root."""
+snapshot (which trials a resume restores) and a synthetic demo run's data root (test_cv evaluates
+the session's demo run for that)."""
 
 from __future__ import annotations
 

@@ -214,3 +214,19 @@ def test_repeated_k_fold_trains_every_repeat_and_fold_once(ray_session, tmp_path
     assert "| Repeat | Fold |" in md and "| Std of repeat means |" in md
     means = summary.groupby("repeat")["miou_full"].mean()
     assert f"{np.std(means, ddof=0):.4f} |" in md.split("Std of repeat means")[1].splitlines()[0]
+
+
+def test_evaluate_on_the_demo_run_finds_its_scenes_and_gives_table1(demo_run):
+    """A demo run's data is the synthetic scenes (generated again where they are missing):
+    `raycity.evaluate --split folds` scores each fold's exported model, trained through Ray
+    channels-last, to the numbers its Table 1 holds."""
+    from raycity import evaluate
+
+    _, run_dir = demo_run
+    assert json.loads((run_dir / "run.json").read_text())["synthetic"]
+    assert evaluate.main(["--run", str(run_dir), "--split", "folds"]) == 0
+    rows = pd.read_parquet(run_dir / "val.parquet").set_index("model")
+    summary = pd.read_parquet(run_dir / "summary.parquet").set_index("fold")
+    for fold in summary.index:
+        for metric in ("miou_low", "miou_full"):
+            assert abs(rows.loc[f"fold{fold}", metric] - summary.loc[fold, metric]) <= 1e-6
