@@ -101,7 +101,7 @@ def connect_ray(opts: RunOptions) -> bool:
     if ray.is_initialized():
         return False
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
-    if address:
+    if address and address != "local":
         flag = f"--address {address}" if opts.address else f"RAY_ADDRESS={address}"
         check_reachable(address, flag)
         try:
