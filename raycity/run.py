@@ -20,9 +20,10 @@ from typing import Any
 
 from raycity.config import Config, RunOptions
 from raycity.config import config_json as config_text
+from raycity.data.layout import Sample
 from raycity.data.synthetic import dataset_root
 from raycity.errors import UserError, brief
-from raycity.folds import FoldSplit, load_folds, save_folds
+from raycity.folds import FoldSplit, load_folds, make_repeated_folds, save_folds
 from raycity.results import atomic_write_text
 
 EXPERIMENT_NAME = "tune"  # Tune's experiment folder inside the run dir (local storage)
@@ -214,6 +215,15 @@ class RunState:
 
     def storage_path(self, run_dir: Path) -> str:
         return str(run_dir.resolve()) if self.storage is None else self.storage
+
+
+def new_folds(cfg: Config, samples: list[Sample]) -> list[FoldSplit]:
+    """A new run's split of its training samples: `--repeats` × `--folds`, each city whole in
+    one fold with `--group-by city`."""
+    return make_repeated_folds(
+        [s.key for s in samples], cfg.folds, cfg.seed,
+        groups=[s.city for s in samples] if cfg.group_by == "city" else None,
+        repeats=cfg.repeats)
 
 
 def check_run_dir(opts: RunOptions) -> Path:

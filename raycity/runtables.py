@@ -48,6 +48,14 @@ def tuned(state: RunState, overrides: dict[str, Any]) -> dict[str, Any]:
     return {hp_column(h): overrides.get(h, getattr(state.config, h)) for h in state.hparams}
 
 
+def epoch_row(state: RunState, result: dict[str, Any], config_id: str, fold: int,
+              overrides: dict[str, Any]) -> dict[str, Any]:
+    """A row of epochs.parquet from what a fold reported (the driver) or recorded (its journal,
+    when a table is rebuilt): the epoch's columns, its configuration and fold, the tuned values."""
+    return {**{k: result[k] for k in EPOCH_COLUMNS if k in result}, "config_id": config_id,
+            "fold": fold, **tuned(state, overrides)}
+
+
 def load_epochs(run_dir: Path, state: RunState, echo: Callable[[str], None], *,
                 complete: bool = False) -> pd.DataFrame:
     """epochs.parquet, or — if it is missing or damaged — the same rows rebuilt from the record
@@ -118,9 +126,8 @@ def trial_records(experiment_path: str, state: RunState) -> list[dict]:
         if restored is not None and (named is None or named[1] not in restored):
             continue
         for record in FoldCheckpoints(f"{info.path}/{STATE_DIR}", fs).records():
-            overrides = record.get("overrides", {})
-            rows.append({**{k: record[k] for k in EPOCH_COLUMNS if k in record},
-                         "config_id": record["config_id"], **tuned(state, overrides)})
+            rows.append(epoch_row(state, record, record["config_id"], record["fold"],
+                                  record.get("overrides", {})))
     return rows
 
 

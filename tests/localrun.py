@@ -19,12 +19,11 @@ import torch
 from raycity.config import Config
 from raycity.data import find_samples
 from raycity.foldfiles import STATE_DIR
-from raycity.folds import make_repeated_folds
 from raycity.foldstates import FoldCheckpoints
 from raycity.report import write_report
-from raycity.results import EPOCH_COLUMNS, epochs_frame
-from raycity.run import EXPERIMENT_NAME, RunDir, RunState, Variant, create_run_dir
-from raycity.runtables import write_tables
+from raycity.results import epochs_frame
+from raycity.run import EXPERIMENT_NAME, RunDir, RunState, Variant, create_run_dir, new_folds
+from raycity.runtables import epoch_row, write_tables
 from raycity.training import run_fold
 from raycity.tune.trialfiles import drop_trial_checkpoints, export_best
 
@@ -32,10 +31,7 @@ from raycity.tune.trialfiles import drop_trial_checkpoints, export_best
 def write_local_run(cfg: Config, run_dir: Path, *, cpus: float = 1) -> Path:
     """`cfg` (with its data root) cross-validated fold after fold in this process."""
     root = cfg.data_root
-    samples = find_samples(root, "train")
-    folds = make_repeated_folds([s.key for s in samples], cfg.folds, cfg.seed,
-                                groups=[s.city for s in samples] if cfg.group_by == "city"
-                                else None, repeats=cfg.repeats)
+    folds = new_folds(cfg, find_samples(root, "train"))
     state = RunState("cv", cfg, [Variant("cv")], root, False, None, EXPERIMENT_NAME, [])
     create_run_dir(run_dir)
     files = RunDir(run_dir)
@@ -48,9 +44,7 @@ def write_local_run(cfg: Config, run_dir: Path, *, cpus: float = 1) -> Path:
                                       labels={"config_id": "cv", "overrides": {}})
 
         def report(metrics: dict, saved: str | None, fold: int = split.fold) -> None:
-            # the row the driver's recorder makes of a reported result
-            rows.append({**{k: metrics[k] for k in EPOCH_COLUMNS if k in metrics},
-                         "config_id": "cv", "fold": fold})
+            rows.append(epoch_row(state, metrics, "cv", fold, {}))  # as the driver's recorder
 
         run_fold(cfg, split, root, report, checkpoints=checkpoints, cpus=cpus,
                  device=torch.device("cpu"))

@@ -119,9 +119,9 @@ def connect_ray(opts: RunOptions) -> bool:
     return True
 
 
-def check_reachable(address: str, flag: str | None = None, timeout_s: float = 5.0) -> None:
-    """Ray retries an unreachable GCS for minutes; a TCP probe answers at once."""
-    flag = flag or f"--address {address}"
+def check_reachable(address: str, flag: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable GCS for minutes; a TCP probe answers at once. `flag` names
+    where the address came from (`--address …` or `RAY_ADDRESS=…`)."""
     if address == "auto":
         return
     host_port = address.removeprefix("ray://").rsplit(":", 1)

@@ -20,7 +20,7 @@ from raycity.data.cache import cache_problem
 from raycity.data.layout import check_pairs
 from raycity.data.synthetic import dataset_root
 from raycity.errors import Interrupted, failure_message
-from raycity.folds import FoldSplit, make_repeated_folds
+from raycity.folds import FoldSplit
 from raycity.model import check_pretrained
 from raycity.run import (
     EXPERIMENT_NAME,
@@ -32,6 +32,7 @@ from raycity.run import (
     check_run_dir,
     claim_storage,
     create_run_dir,
+    new_folds,
 )
 from raycity.runlock import RunLock
 from raycity.runtables import load_epochs, load_status, write_tables
@@ -128,10 +129,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         check_pretrained(cfg.pretrained)
         if (problem := cache_problem(root, cfg.image_size, cfg.scale_jitter)) is not None:
             echo(f"warning: {problem}")
-        folds = make_repeated_folds(
-            [s.key for s in samples], cfg.folds, cfg.seed,
-            groups=[s.city for s in samples] if cfg.group_by == "city" else None,
-            repeats=cfg.repeats)
+        folds = new_folds(cfg, samples)
         storage = opts.storage_path or None
         state = RunState(kind, cfg, list(variants), root, synthetic, storage,
                          opts.name if storage else EXPERIMENT_NAME, list(hparams), metric)

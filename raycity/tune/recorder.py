@@ -22,12 +22,11 @@ from raycity.foldfiles import STATE_DIR
 from raycity.foldsession import NOTICE, REPLAYED
 from raycity.foldstates import FoldCheckpoints
 from raycity.results import (
-    EPOCH_COLUMNS,
     atomic_write_text,
     epochs_frame,
 )
 from raycity.run import RunDir, RunState
-from raycity.runtables import hp_column, load_epochs, load_status, tuned, write_tables
+from raycity.runtables import epoch_row, hp_column, load_epochs, load_status, write_tables
 from raycity.tracking import Tracker
 from raycity.tune.driver import StopSignals
 from raycity.tune.trainable import USER_ERROR
@@ -136,8 +135,7 @@ class RunRecorder(tune.Callback):
             return
         state = self.run.state
         overrides = trial.config["variant"]["overrides"]
-        row = {k: result[k] for k in EPOCH_COLUMNS if k in result}
-        row.update({"config_id": key[0], "fold": key[1], **tuned(state, overrides)})
+        row = epoch_row(state, result, *key, overrides)
         if result.get(REPLAYED):
             # said again for the scheduler and searcher: usually its row is here already; if
             # this driver never heard it (a crash between the fold's record and its report),
