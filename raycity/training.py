@@ -219,6 +219,8 @@ def run_fold(cfg: Config, split: FoldSplit, root: str, report: Report, *,
     for metrics in replay:
         report(metrics, None)
     notice = session.notice
+    if cfg.compile:  # one process training several folds compiles each afresh, as a trial does
+        torch._dynamo.reset()
     forward = torch.compile(model) if cfg.compile else model
     train_loader, val_loader = build_loaders(cfg, root, split, device, workers)
     for epoch in range(first_epoch, cfg.epochs + 1):

@@ -9,23 +9,23 @@ import pytest
 
 from raycity.data import write_synthetic_cityscapes
 
-# Two xdist workers (a third measured no faster: the Ray tests' daemons and trial processes keep
-# both cores busy). xdist's loadgroup deals the groups with the most tests first, then one more
-# unit to each worker: "runs" (the readers of the session's smoke CV and ASHA sweep, made once
-# there, and the kill-and-resume test) and then "data" (test_cli_data's module run, the optuna
-# sweep killed and resumed) go to one worker, "local" (the readers of the Ray-free run, and the
-# cold inductor compile) to the other; the rest fills in as workers free up. This deal follows
-# the groups' sizes (runs 17 items > local 15 > data 5): recount when tests move between them.
-SHARED_RUNS = {"smoke_run": "runs", "sweep_run": "runs", "data_run": "data", "local_run": "local"}
-LONG_ALONE = {"test_compiled_fold_on_the_cpu": "local",
-              "test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data"}
+# Two xdist workers: the suite is CPU-bound (91 % of both cores busy, measured over a whole run
+# from /proc/stat), and a third worker made every test ≈ 1.7 × slower (475 s against 422 s).
+# xdist's loadgroup deals the groups with the most tests first: "local" (the readers of the
+# Ray-free run, 14 items), "smoke" (the readers of the session's smoke CV, 10), "sweep" (the
+# readers of the ASHA sweep, 6) and "data" (test_cli_data's module run and the optuna sweep killed
+# and resumed, 6), each made once on the worker that reads it; the rest fills in as workers free
+# up. Recount when tests move between groups.
+SHARED_RUNS = {"smoke_run": "smoke", "sweep_run": "sweep", "data_run": "data", "local_run": "local"}
+LONG_ALONE = {"test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marker into the node id
 def pytest_collection_modifyitems(items):
     for item in items:
         groups = {SHARED_RUNS[f] for f in item.fixturenames if f in SHARED_RUNS}
-        groups |= {LONG_ALONE[item.name]} if item.name in LONG_ALONE else set()
+        name = item.originalname
+        groups |= {LONG_ALONE[name]} if name in LONG_ALONE else set()
         if groups:
             item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
 

@@ -186,22 +186,17 @@ def test_help_lists_the_flags(capsys):
         assert flag in out
 
 
-def test_repeated_k_fold_trains_every_repeat_and_fold_once(ray_session, tmp_path):
-    """--repeats 2 --folds 2 through Tune (stand-in folds): four fold trials on two different
-    splits; folds.json, epochs.parquet and summary.parquet say the repeat; Table 1 lists each
-    (repeat, fold) and the std of the repeat means."""
-    from ray import cloudpickle
+def test_repeated_k_fold_trains_every_repeat_and_fold_once(tmp_path, tiny_cityscapes):
+    """--repeats 2 --folds 2, as the tests' Ray-free run trains it (tests/localrun.py): four
+    folds on two different splits; folds.json, epochs.parquet and summary.parquet say the
+    repeat; Table 1 lists each (repeat, fold) and the std of the repeat means. (Tune's grid
+    over the folds is every CV run's.)"""
+    from raycity.config import preset
+    from tests.localrun import write_local_run
 
-    from raycity.config import RunOptions, preset
-    from raycity.tune.experiment import Variant, run_experiment
-    from tests import standins
-
-    cloudpickle.register_pickle_by_value(standins)  # Ray's workers do not import tests/
-
-    cfg = preset("smoke", epochs=1, folds=2, repeats=2)
-    opts = RunOptions(name="rep", output=str(tmp_path), cpus_per_trial=0.5, max_failures=0)
-    run_dir, summary = run_experiment("cv", cfg, opts, [Variant("cv")], fold_fn=standins.standin_fold,
-                                      echo=lambda line: None)
+    cfg = preset("smoke", data_root=str(tiny_cityscapes), epochs=1, folds=2, repeats=2)
+    run_dir = write_local_run(cfg, tmp_path / "rep")
+    summary = pd.read_parquet(run_dir / "summary.parquet")
     folds = json.loads((run_dir / "folds.json").read_text())
     assert folds["repeats"] == 2 and [(f["repeat"], f["fold"]) for f in folds["folds"]] == [
         (1, 1), (1, 2), (2, 3), (2, 4)]

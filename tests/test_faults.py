@@ -25,10 +25,11 @@ from tests.conftest import FORCED_LAYOUT, SMOKE_EPOCHS
 METRICS = ["train_loss", "val_loss", "miou_low", "miou_full"]
 
 
-def cv_process(out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+def cv_process(out: Path, *extra: str, env: dict | None = None,
+               epochs: int = SMOKE_EPOCHS) -> subprocess.Popen:
     """`python -m raycity.cv` as a user starts it, in its own process (group)."""
-    args = [sys.executable, "-m", "raycity.cv", "--preset", "smoke", "--epochs",
-            str(SMOKE_EPOCHS), "--output", str(out), "--cpus-per-trial", "0.6", "--num-cpus", "2",
+    args = [sys.executable, "-m", "raycity.cv", "--preset", "smoke", "--epochs", str(epochs),
+            "--output", str(out), "--cpus-per-trial", "0.6", "--num-cpus", "2",
             *(FORCED_LAYOUT if "--resume" not in extra else []), *extra]
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,6 +1,8 @@
 """Stopping and resuming as users (and machines) do it, on one run: a worker killed, Ctrl-C, the
-run copied and moved, SIGTERM to a resuming copy, the driver killed, the table lost, a resume of a
-finished run — and it ends with every (fold, epoch) once and the numbers of an uninterrupted run."""
+run copied and moved, SIGTERM to a resuming copy, the table lost, a resume of a finished run — and
+it ends with every (fold, epoch) once and the numbers of the same folds trained uninterrupted, in
+this process and without Ray. (The driver killed outright, local Ray and all, and resumed:
+tests/test_sweep_resume.py, through the same driver.)"""
 
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ import threading
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from tests.conftest import SMOKE_EPOCHS
+from raycity.run import RunDir
+from raycity.training import run_fold
 from tests.test_faults import METRICS, cv_process, rows, trial_workers, wait_for
 from tests.test_tracking import check_folds_equal_the_table, children_of, runs_of
 
-ALL = 3 * SMOKE_EPOCHS
+FOLDS, EPOCHS = 2, 3  # 6 fold-epochs: room to stop the run, then its copy, part-way
+ALL = FOLDS * EPOCHS
 
 
 def finish(proc, timeout: float = 600) -> tuple[int, str]:
@@ -34,21 +39,31 @@ def files_and_times(run_dir: Path) -> dict[str, int]:
             if p.is_file()}
 
 
+def uninterrupted(run_dir: Path) -> pd.DataFrame:
+    """The run's folds (its config, split and data) trained through, in this process, as a
+    trial of --cpus-per-trial 0.6 trains them."""
+    files, said = RunDir(run_dir), []
+    state, threads = files.state(), torch.get_num_threads()
+    for split in files.folds():
+        run_fold(state.config, split, state.data_root, lambda m, s: said.append(m), cpus=0.6,
+                 device=torch.device("cpu"))
+    torch.set_num_threads(threads)
+    return pd.DataFrame(said)
+
+
 def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(a.set_index(["fold", "epoch"])[METRICS],
                                   b.set_index(["fold", "epoch"])[METRICS], rtol=1e-5, atol=1e-6)
 
 
-def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numbers(
-        smoke_run, tmp_path):
-    _, reference_dir = smoke_run
-    reference = rows(reference_dir)
+def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numbers(tmp_path):
     env = {"RAYCITY_CACHE": os.environ["RAYCITY_CACHE"]}
     original = tmp_path / "run"
 
     # a trial's worker dies (Tune restarts it once, --max-failures 1); then Ctrl-C in the
     # terminal: SIGINT to the whole process group
-    proc = cv_process(tmp_path, "--name", "run", "--max-failures", "1", "--mlflow", env=env)
+    proc = cv_process(tmp_path, "--name", "run", "--folds", str(FOLDS), "--max-failures", "1",
+                      "--mlflow", env=env, epochs=EPOCHS)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
     reader.start()
@@ -84,7 +99,7 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     # SIGTERM (Slurm, Kubernetes, `timeout`) to the driver alone, while the copy resumes in its
     # own folder and touches nothing of the (moved) original's
     untouched = files_and_times(moved)
-    proc = cv_process(tmp_path, "--resume", str(copy), env=env)
+    proc = cv_process(tmp_path, "--resume", str(copy), env=env, epochs=EPOCHS)
     wait_for(lambda: len(rows(copy)) > len(first), proc)
     proc.send_signal(signal.SIGTERM)
     code, out = finish(proc)
@@ -93,28 +108,23 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     assert "Traceback" not in out and "core dumped" not in out
     assert files_and_times(moved) == untouched
 
-    # the moved run resumes where it lies; its driver is killed outright (process group, local
-    # Ray and all)
-    proc = cv_process(tmp_path, "--resume", str(moved), env=env)
-    wait_for(lambda: len(rows(moved)) > len(first), proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-    # the table is lost too: the resume rebuilds it from the folds' records and finishes
+    # the moved run resumes where it lies, and its table is lost too: the resume rebuilds it
+    # from the folds' records and finishes
     (moved / "epochs.parquet").unlink()
-    code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env))
+    code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env, epochs=EPOCHS))
     assert code == 0, out
     assert "rebuilt" in out and "from the trials' records" in out
     done = rows(moved)
     assert len(done) == ALL and not done.duplicated(["fold", "epoch"]).any()
+    reference = uninterrupted(moved)
     same_numbers(done, reference)  # as if it had never been interrupted
     assert not original.exists()  # the move did not bring the old folder back
-    assert "| 3 | " in (moved / "summary.md").read_text()  # Table 1 over all folds
+    assert f"| {FOLDS} | " in (moved / "summary.md").read_text()  # Table 1 over all folds
     # MLflow: the resumes (a copy's among them) continued the same runs, each step once
     client, runs = runs_of(tmp_path)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = children_of(runs, parent)
-    assert len(runs) == 4 and len(children) == 3 and parent.info.status == "FINISHED"
+    assert len(runs) == 1 + FOLDS and len(children) == FOLDS and parent.info.status == "FINISHED"
     check_folds_equal_the_table(client, children, done)
 
     # resuming a finished run says so and rebuilds what is missing: the report, and the rows
@@ -122,7 +132,7 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     (moved / "report.md").unlink()
     done.iloc[:2].to_parquet(moved / "epochs.parquet", index=False)
     before = files_and_times(moved / "checkpoints")
-    code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env))
+    code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env, epochs=EPOCHS))
     assert code == 0 and "this run has finished" in out, out
     assert f"added {ALL - 2} epoch row(s) the trials recorded" in out, out
     same_numbers(rows(moved), reference)
