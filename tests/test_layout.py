@@ -80,3 +80,13 @@ def test_no_import_cycles_among_raycitys_modules():
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+def test_no_module_rebinds_a_global():
+    """Wiring goes through arguments (or, where Tune restores an object from its pickle, a
+    context variable scoped to the run: raycity.tune.recorder), never through a module global
+    a function rebinds."""
+    package = Path(raycity.__file__).parent
+    rebinds = [f"{p.relative_to(package)}:{node.lineno}" for p in sorted(package.rglob("*.py"))
+               for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Global)]
+    assert not rebinds, rebinds

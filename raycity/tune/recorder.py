@@ -3,12 +3,15 @@
 A resumed experiment gets its callbacks back from Tune's pickle, made when the run started —
 possibly in another directory, if the run was since moved or copied. So the recorder pickles
 nothing and binds, when Tune sets it up, to the run this driver is recording now
-(`recording(...)`), and every path it writes comes from that run.
+(`recording(...)`), and every path it writes comes from that run. That binding is a context
+variable, set for the span of the `with` and restored after it: Tune runs its callbacks and
+searcher in the thread that called `fit()`, inside that span.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +45,8 @@ class Recording:
     tracker: Tracker | None = None  # MLflow, when asked
 
 
-_current: Recording | None = None
+CURRENT: contextvars.ContextVar[Recording | None] = contextvars.ContextVar("recording",
+                                                                          default=None)
 
 
 @contextlib.contextmanager
@@ -50,12 +54,11 @@ def recording(run_dir: Path, state: RunState, echo: Callable[[str], None],
               stop: StopSignals | None = None, keep_states: bool = False,
               tracker: Tracker | None = None) -> Iterator[None]:
     """The run that recorders in this driver write to while Tune runs."""
-    global _current
-    _current = Recording(run_dir, state, echo, stop, keep_states, tracker)
+    token = CURRENT.set(Recording(run_dir, state, echo, stop, keep_states, tracker))
     try:
         yield
     finally:
-        _current = None
+        CURRENT.reset(token)
 
 
 def trial_key(trial: Any) -> tuple[str, int]:
@@ -66,17 +69,17 @@ def write_told(told: list[dict], distributions: dict[str, Any] | None = None) ->
     """searcher.json: what a sweep's searcher was told, configuration by configuration, in order
     (the figure's best-so-far curve, and the check that it heard the fold means); for Optuna's
     search (`distributions`), the same as a study in optuna.journal, for its dashboard."""
-    if _current is None:
+    if (current := CURRENT.get()) is None:
         return
-    files = RunDir(_current.run_dir)
+    files = RunDir(current.run_dir)
     atomic_write_text(files.searcher, json.dumps(told, indent=1))
     if distributions:
         from raycity.tune.study import write_study
 
         try:
-            write_study(files.study, told, distributions, _current.state.metric)
+            write_study(files.study, told, distributions, current.state.metric)
         except OSError as err:  # a view of searcher.json: never worth a run
-            _current.echo(f"{files.study}: not written ({brief(err)})")
+            current.echo(f"{files.study}: not written ({brief(err)})")
 
 
 class RunRecorder(tune.Callback):
@@ -103,9 +106,9 @@ class RunRecorder(tune.Callback):
         self._reset()
 
     def setup(self, **info: Any) -> None:
-        if _current is None:
+        if (current := CURRENT.get()) is None:
             raise RuntimeError("RunRecorder used outside `recording(...)`")
-        self.run = _current
+        self.run = current
         run_dir = self.run.run_dir
         if not self.rows:  # a resumed driver continues the table
             self.rows = load_epochs(run_dir, self.run.state, self.run.echo).to_dict("records")
