@@ -14,7 +14,7 @@ from raycity.data import write_synthetic_cityscapes
 # xdist's loadgroup deals the groups with the most tests first: "local" (the readers of the
 # Ray-free run, 14 items), "smoke" (the readers of the session's smoke CV, 10), "sweep" (the
 # readers of the ASHA sweep, 6) and "data" (test_cli_data's module run and the optuna sweep killed
-# and resumed, 6), each made once on the worker that reads it; the rest fills in as workers free
+# and resumed, 5), each made once on the worker that reads it; the rest fills in as workers free
 # up. Recount when tests move between groups.
 SHARED_RUNS = {"smoke_run": "smoke", "sweep_run": "sweep", "data_run": "data", "local_run": "local"}
 LONG_ALONE = {"test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data"}
@@ -77,7 +77,7 @@ def tree(tmp_path, tiny_cityscapes) -> Path:
 
 SMOKE_EPOCHS = 2
 # The GPU recipe's layout runs on the CPU in every real run of the suite: the shared smoke CV,
-# the kill/signal/move/resume runs checked against it, and the ASHA sweep whose folds pause at
+# the kill/signal/move/resume runs, and the ASHA sweep whose folds pause at
 # the rung and resume through Tune all train channels-last, the layout whose Adam moments a
 # resume used to lose. bf16 autocast runs in-process (tests/test_speed.py: a compiled fold, the
 # fp16 + loss-scaling fold): this CPU has no bf16 convolution kernels, ≈ 9 s a step against

@@ -154,7 +154,7 @@ INDUCTOR = os.environ.get("RAYCITY_TEST_INDUCTOR") == "1"
 @pytest.mark.parametrize("codegen", [
     "none",
     pytest.param("inductor", marks=pytest.mark.skipif(
-        not INDUCTOR, reason="a cold inductor compile of the seed model takes ≈ 2.5 min on 2 "
+        not INDUCTOR, reason="a cold inductor compile of the seed model takes ≈ 2 min on 2 "
         "cores: RAYCITY_TEST_INDUCTOR=1 runs it")),
 ])
 def test_compiled_fold_on_the_cpu(forced, monkeypatch, codegen):
@@ -162,7 +162,7 @@ def test_compiled_fold_on_the_cpu(forced, monkeypatch, codegen):
     validation forward are each captured whole (no graph break) and run compiled, and the epoch
     is recorded as compiled. What could break in our code is the capture (Dynamo) and the
     autograd split (AOTAutograd), which both run here; inductor's own code generation only
-    replaces the graphs' kernels, and costs ≈ 2.5 min cold on 2 cores, so it runs when asked."""
+    replaces the graphs' kernels, and costs ≈ 2 min cold on 2 cores, so it runs when asked."""
     from torch._dynamo.backends.debugging import aot_eager, boxed_nop
     from torch._dynamo.utils import counters
 

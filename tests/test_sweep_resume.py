@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.standins import FAIL, LOG, SPACE
@@ -51,7 +52,7 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     run_dir, log = tmp_path / "out" / "search", tmp_path / "executed.jsonl"
     args = ["--space", str(space), "--preset", "smoke", "--epochs", str(EPOCHS), "--folds",
             str(FOLDS), "--num-samples", str(CONFIGS), "--max-concurrent", "1", "--output",
-            str(tmp_path / "out"), "--name", "search"]
+            str(tmp_path / "out"), "--name", "search", "--mlflow"]
     # Ctrl-C as soon as the run exists, before any trial has reported: one line, exit 130
     proc = sweep_process(args, log)
     end = time.time() + 120
@@ -65,7 +66,7 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     assert one_line_with(out, "interrupted (SIGINT)", f"--resume {run_dir}"), out
     assert "Traceback" not in out and "Error" not in out, out
 
-    proc = sweep_process(["--resume", str(run_dir)], log)
+    proc = sweep_process(["--resume", str(run_dir), "--mlflow"], log)
     end = time.time() + 300
     while len(told(run_dir)) < 2:  # two configurations finished: kill mid-search
         assert proc.poll() is None, proc.stdout.read()
@@ -76,7 +77,7 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     killed_at, before = time.time(), told(run_dir)
     assert len(before) < CONFIGS
 
-    resumed = sweep_process(["--resume", str(run_dir)], log)
+    resumed = sweep_process(["--resume", str(run_dir), "--mlflow"], log)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 1, out  # c2 fold 2 failed
     # --max-concurrent 1: one configuration's folds at a time share the CPUs, not all trials'
@@ -127,6 +128,21 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     assert finished
     assert not [r for r in runs if r["time"] > killed_at
                 and (r["lr"], r["dropout"], r["fold"]) in finished]
+    # MLflow (--mlflow again on each resume: the first start was interrupted before its store
+    # existed) through the SIGKILL of the driver: every fold's run holds its epochs once, equal
+    # to the table (a fold Tune had not saved starts over, and its first run is retired)
+    from tests.test_tracking import history, runs_of
+
+    client, mlruns = runs_of(tmp_path / "out")
+    fold_runs = {(r.data.tags["raycity.config_id"], int(r.data.tags["raycity.fold"])): r
+                 for r in mlruns if "raycity.fold" in r.data.tags}
+    assert len(fold_runs) == len([r for r in mlruns if "raycity.fold" in r.data.tags])
+    assert set(fold_runs) == set(last.index)
+    for (config_id, fold), run in fold_runs.items():
+        table = epochs[(epochs["config_id"] == config_id) & (epochs["fold"] == fold)]
+        assert history(client, run, "miou_low") == [
+            (int(e), pytest.approx(v, rel=1e-9)) for e, v in
+            zip(table.sort_values("epoch")["epoch"], table.sort_values("epoch")["miou_low"])]
     assert len(board) == CONFIGS and {"hp_lr", "hp_dropout"} <= set(board.columns)
     assert board.loc["c2", "folds_failed"] == 1
     assert (run_dir / "figures" / "sweep.png").is_file()

@@ -4,8 +4,8 @@ A resumed experiment gets its callbacks back from Tune's pickle, made when the r
 possibly in another directory, if the run was since moved or copied. So the recorder pickles
 nothing and binds, when Tune sets it up, to the run this driver is recording now
 (`recording(...)`), and every path it writes comes from that run. That binding is a context
-variable, set for the span of the `with` and restored after it: Tune runs its callbacks and
-searcher in the thread that called `fit()`, inside that span.
+variable, set for the span of the `with` and restored after it: with a local or HOST:PORT Ray,
+Tune runs its callbacks and searcher in the thread that called `fit()`, inside that span.
 """
 
 from __future__ import annotations
