@@ -15,7 +15,12 @@ FILENAME = "checkpoint.pt"
 
 
 class CheckpointError(UserError, ValueError):
-    """A checkpoint that is missing, unreadable, or of another model."""
+    """A checkpoint that is missing, unreadable, or of another model. `reason` is the message
+    without the file's name, for a caller that names the file itself."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def load_checkpoint(path: str | Path | BinaryIO,
@@ -31,16 +36,18 @@ def load_checkpoint(path: str | Path | BinaryIO,
         if path.is_dir():
             path = path / FILENAME
         if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint not found")
+            raise CheckpointError(f"{path}: checkpoint not found", reason="checkpoint not found")
     label = name or str(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{label}: not a loadable raycity checkpoint ({brief(err)})") from err
+    except Exception as err:  # the loader's own words, or its error's name (an EOFError has none)
+        raise CheckpointError(f"{label}: not a loadable raycity checkpoint ({brief(err)})",
+                              reason=str(err).strip() or type(err).__name__) from err
     meta = state.get("meta", {}) if isinstance(state, dict) else {}
     if meta.get("arch") != ARCH or "model" not in state:
-        raise CheckpointError(f"{label}: not a {ARCH} checkpoint (arch={meta.get('arch')!r})")
+        reason = f"not a {ARCH} checkpoint (arch={meta.get('arch')!r})"
+        raise CheckpointError(f"{label}: {reason}", reason=reason)
     if meta.get("num_classes") != NUM_CLASSES:
-        raise CheckpointError(f"{label}: trained for {meta.get('num_classes')} classes, "
-                              f"raycity evaluates {NUM_CLASSES}")
+        reason = f"trained for {meta.get('num_classes')} classes, raycity evaluates {NUM_CLASSES}"
+        raise CheckpointError(f"{label}: {reason}", reason=reason)
     return state

@@ -233,8 +233,11 @@ class FoldCheckpoints(FoldFiles):
     def _why_damaged(self, name: str, err: Exception) -> str:
         """The loader's own reason and the file's size (0 bytes: a power loss), without the
         file's name again: the notice names it."""
-        cause = err.__cause__ or err
-        reason = str(cause).strip().removeprefix(f"{self._path(name)}: ") or type(cause).__name__
+        if isinstance(err, CheckpointError):
+            reason = err.reason
+        else:
+            cause = err.__cause__ or err
+            reason = str(cause).strip() or type(cause).__name__
         try:
             info = self.fs.get_file_info(self._path(name))
             size = f"{info.size} bytes: " if info.type == pafs.FileType.File else ""
