@@ -20,7 +20,7 @@ from raycity.config import Config
 from raycity.constants import CLASS_KEYS, CONFUSION, NUM_CLASSES
 from raycity.data import SegmentationDataset, collate, find_samples, train_transform, val_transform
 from raycity.data.cache import cached_reader
-from raycity.data.dataset import SeededSampler, derive_seed
+from raycity.data.dataset import SeededSampler
 from raycity.data.layout import DataError, Sample, read_sample
 from raycity.engine import (
     EvalStats,
@@ -40,6 +40,7 @@ from raycity.foldsession import NOTICE, FoldSession
 from raycity.foldstates import FoldCheckpoints
 from raycity.metrics import iou_per_class, mean_iou
 from raycity.model import UNetResNet50, empty_model
+from raycity.seeds import derive_seed
 from raycity.speed import Speed, check_device, match_layouts, resolve_speed
 
 Report = Callable[[dict[str, Any], "str | None"], None]

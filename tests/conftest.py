@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,12 +13,31 @@ from raycity.data import write_synthetic_cityscapes
 # Two xdist workers: the suite is CPU-bound (91 % of both cores busy, measured over a whole run
 # from /proc/stat), and a third worker made every test ≈ 1.7 × slower (475 s against 422 s).
 # xdist's loadgroup deals the groups with the most tests first: "local" (the readers of the
-# Ray-free run, 14 items), "smoke" (the readers of the session's smoke CV, 10), "sweep" (the
-# readers of the ASHA sweep, 6) and "data" (test_cli_data's module run and the optuna sweep killed
-# and resumed, 5), each made once on the worker that reads it; the rest fills in as workers free
+# Ray-free run and the kill/resume test, 15 items), "smoke" (the readers of the session's smoke
+# CV, 10), "sweep" (the readers of the ASHA sweep, 6) and "data" (test_cli_data's module run and
+# the optuna sweep killed and resumed, 5), each made once on the worker that reads it; the rest
+# fills in as workers free
 # up. Recount when tests move between groups.
+# Ray's background work that no test reads — its metrics collection, its event-loop statistics,
+# and the idle workers it starts ahead for a first driver — costs CPU the tests' trials need:
+# ≈ 0.07 of a core for each idle Ray, half without these, and 4 of 50 core-seconds of
+# test_placement (measured on this 2-core machine). Set here, so the CLIs the tests start
+# inherit it; raycity itself leaves Ray's defaults alone.
+for _name in ("RAY_enable_metrics_collection", "RAY_event_stats",
+              "RAY_prestart_worker_first_driver"):
+    os.environ.setdefault(_name, "0")
+
 SHARED_RUNS = {"smoke_run": "smoke", "sweep_run": "sweep", "data_run": "data", "local_run": "local"}
-LONG_ALONE = {"test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data"}
+# The two longest tests (≈ 2 min each) ride with a group, so that each worker knows its long one
+# from the start: xdist hands a worker its next unit while its last two tests still run, which
+# queued the kill/resume test behind the optuna one and left the other worker idle for a minute.
+LONG_ALONE = {"test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means": "data",
+              "test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numbers":
+              "local"}
+# Within a group, and among the ungrouped tests after the groups, the longest go first.
+LONGEST_FIRST = (*LONG_ALONE, "test_multi_node_cluster_with_shared_storage",
+                 "test_each_fold_trains_on_the_gpu_ray_granted_it",
+                 "test_through_ray_tune_with_a_fake_trainable")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marker into the node id
@@ -28,6 +48,8 @@ def pytest_collection_modifyitems(items):
         groups |= {LONG_ALONE[name]} if name in LONG_ALONE else set()
         if groups:
             item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.originalname, len(rank)))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -21,8 +21,8 @@ import torch
 
 from raycity.checkpoint import ARCH
 from raycity.constants import NUM_CLASSES
-from raycity.data.dataset import derive_seed
 from raycity.foldsession import FoldSession
+from raycity.seeds import derive_seed
 
 SPACE = {"params": {"lr": {"loguniform": [1.0e-6, 1.0e-1]}, "dropout": {"uniform": [0.0, 0.5]}}}
 NOISE = 0.02  # std of a fold's deviation from the true score (folds really do differ)

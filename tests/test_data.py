@@ -28,6 +28,16 @@ def write_pair(root, split, city, name, image, label_ids):
         Image.fromarray(array).save(d / f"{name}{suffix}")
 
 
+def test_the_label_table_is_cityscapesscripts_and_torchvisions_entry_by_entry():
+    from cityscapesscripts.helpers.labels import labels as official
+
+    from raycity.constants import LABELS
+
+    ours = [(c.name, c.id, c.train_id, tuple(c.color)) for c in LABELS]
+    assert ours == [(c.name, c.id, c.train_id, tuple(c.color)) for c in Cityscapes.classes]
+    assert ours == [(c.name, c.id, c.trainId, tuple(c.color)) for c in official]
+
+
 def test_to_train_ids_follows_torchvision_table():
     ids = np.arange(256, dtype=np.uint8)
     mapped = to_train_ids(ids)
@@ -192,7 +202,8 @@ def test_colour_jitter_changes_the_image_never_the_mask():
 def test_the_seeded_sampler_derives_order_and_augmentation_from_seed_fold_and_epoch():
     """What makes a resumed fold, or one with other --num-workers, see the same batches: the
     order and each sample's augmentation seed are a function of (seed, fold, epoch, index)."""
-    from raycity.data.dataset import SeededSampler, derive_seed
+    from raycity.data.dataset import SeededSampler
+    from raycity.seeds import derive_seed
 
     def epoch_of(seed: int, fold: int, epoch: int) -> list[tuple[int, int]]:
         sampler = SeededSampler(20, derive_seed(seed, fold))  # as build_loaders makes it

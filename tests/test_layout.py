@@ -16,7 +16,7 @@ CORE = ["raycity.config", "raycity.constants", "raycity.data", "raycity.data.cac
         "raycity.results", "raycity.figures", "raycity.report", "raycity.evaluate", "raycity.predict",
         "raycity.run", "raycity.runtables", "raycity.foldfiles", "raycity.speed", "raycity.cli",
         "raycity.comparison", "raycity.compare", "raycity.tracking", "raycity.mlflowsetup",
-        "raycity.searchview", "raycity.foldsession",
+        "raycity.searchview", "raycity.foldsession", "raycity.seeds",
         "raycity.data.__main__"]
 
 
@@ -90,3 +90,42 @@ def test_no_module_rebinds_a_global():
     rebinds = [f"{p.relative_to(package)}:{node.lineno}" for p in sorted(package.rglob("*.py"))
                for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Global)]
     assert not rebinds, rebinds
+
+
+def loaded_at_import(module: str, package: Path) -> set[str]:
+    """What importing `module` loads: the module-level imports (not those inside functions,
+    nor those only for type checkers), followed through raycity's own modules."""
+    seen, todo, loaded = set(), [module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = package.joinpath(*name.split(".")[1:])
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if not path.is_file():  # a name imported from a module, not a module
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            loaded |= set(names)
+            for found in names:
+                parts = found.split(".")
+                if parts[0] == "raycity":  # its packages' __init__ run first
+                    todo += [".".join(parts[:i]) for i in range(2, len(parts) + 1)]
+    return loaded
+
+
+def test_a_stand_in_trial_loads_no_torchvision():
+    """A trial that runs a stand-in fold (tests, benchmarks) or only needs the fold's state
+    never loads torchvision, which loads torch._dynamo: ≈ 2 s of CPU in every trial process."""
+    package = Path(raycity.__file__).parent
+    for module in ("raycity.tune.trainable", "raycity.foldsession", "raycity.constants",
+                   "raycity.seeds"):
+        loaded = loaded_at_import(module, package)
+        assert not {m for m in loaded if m.split(".")[0] == "torchvision"}, module
+    assert "torchvision.models" in loaded_at_import("raycity.training", package)  # it sees

@@ -150,3 +150,44 @@ def test_a_fold_stopped_by_early_stopping_drops_its_states_at_once(tmp_path):
     interrupted, folder = trial("interrupted")
     recorder.drop_if_stopped(interrupted)
     assert len(list(folder.iterdir())) == 4
+
+
+def test_a_cv_runs_curves_follow_it_at_most_every_interval_and_are_complete_when_it_stops(
+        tmp_path, monkeypatch):
+    """Each redraw costs the driver CPU its trials need: the first epoch is drawn at once, later
+    ones when LIVE_FIGURES_S have passed; a run stopped part-way (no report to follow) draws
+    what was left at its end, a finished one leaves that to its report."""
+    from raycity.run import RunDir
+    from raycity.tune import recorder as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module, "monotonic", lambda: now[0])
+    state = RunState("cv", preset("smoke"), [Variant("cv")], str(tmp_path), True, None, "tune", [])
+    files = RunDir(tmp_path)
+    drawn = lambda: {p.name: p.read_bytes() for p in files.figures.glob("*.png")}  # noqa: E731
+    with recording(tmp_path, state, lambda line: None):
+        recorder = RunRecorder()
+        recorder.setup()
+        one, two = trial("cv", 1, {}, "a"), trial("cv", 2, {}, "b")
+        recorder.on_trial_result(0, [one, two], one, result(1, 1e-3))
+        first = drawn()
+        assert set(first) == {"fold1_history.png", "cv_history.png"}
+        now[0] += module.LIVE_FIGURES_S - 1
+        recorder.on_trial_result(0, [one, two], two, {**result(1, 1e-3), "fold": 2})
+        recorder.on_trial_result(0, [one, two], one, result(2, 1e-3))
+        assert drawn() == first  # too soon: the tables only
+        assert len(pd.read_parquet(files.epochs)) == 3
+        now[0] += 1
+        recorder.on_trial_result(0, [one, two], two, {**result(2, 1e-3), "fold": 2})
+        second = drawn()  # every fold that had new epochs, and the mean
+        assert set(second) == {"fold1_history.png", "fold2_history.png", "cv_history.png"}
+        assert second["fold1_history.png"] != first["fold1_history.png"]
+        recorder.on_trial_result(0, [one, two], one, result(3, 1e-3))
+        assert drawn() == second
+        one.status, two.status = "TERMINATED", "TERMINATED"
+        recorder.on_experiment_end([one, two])  # finished: its report draws them
+        assert drawn() == second
+        one.status = "RUNNING"
+        recorder.on_experiment_end([one, two])  # stopped part-way: drawn now, with epoch 3
+        assert drawn()["fold1_history.png"] != second["fold1_history.png"]
+        assert drawn()["fold2_history.png"] == second["fold2_history.png"]

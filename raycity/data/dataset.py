@@ -6,20 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision import tv_tensors
 
 from raycity.data.layout import DataError, Sample, read_sample
+from raycity.seeds import derive_seed
 
 Reader = Callable[[Sample], tuple[torch.Tensor, torch.Tensor]]
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, fold, epoch, index…), the same in every process."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
 
 
 class SeededSampler(Sampler):
