@@ -34,7 +34,12 @@ from raycity.results import (
 from raycity.run import RunDir, RunState
 
 # a trial's folder, `<config>_fold<k>_<trial id>` (a trial id may hold '_': `c05b1_00000`)
-TRIAL_DIR = re.compile(r"^.+?_fold\d+_(.+)$")
+# Tune's folder of one trial, as the driver names it: <config>_fold<k>_<trial id>.
+TRIAL_DIR = re.compile(r"^(.+?)_fold(\d+)_(.+)$")
+
+
+def trial_dirname(config_id: str, fold: int, trial_id: str) -> str:
+    return f"{config_id}_fold{fold}_{trial_id}"
 
 
 def hp_column(name: str) -> str:
@@ -123,7 +128,7 @@ def trial_records(experiment_path: str, state: RunState) -> list[dict]:
         if info.type != pyarrow.fs.FileType.Directory:
             continue
         named = TRIAL_DIR.match(info.base_name)
-        if restored is not None and (named is None or named[1] not in restored):
+        if restored is not None and (named is None or named[3] not in restored):
             continue
         for record in FoldCheckpoints(f"{info.path}/{STATE_DIR}", fs).records():
             rows.append(epoch_row(state, record, record["config_id"], record["fold"],

@@ -16,8 +16,7 @@ from raycity.data import write_synthetic_cityscapes
 # Ray-free run and the kill/resume test, 15 items), "smoke" (the readers of the session's smoke
 # CV, 10), "sweep" (the readers of the ASHA sweep, 6) and "data" (test_cli_data's module run and
 # the optuna sweep killed and resumed, 5), each made once on the worker that reads it; the rest
-# fills in as workers free
-# up. Recount when tests move between groups.
+# fills in as workers free up. Recount when tests move between groups.
 # Ray's background work that no test reads — its metrics collection, its event-loop statistics,
 # and the idle workers it starts ahead for a first driver — costs CPU the tests' trials need:
 # ≈ 0.07 of a core for each idle Ray, half without these, and 4 of 50 core-seconds of
@@ -26,6 +25,11 @@ from raycity.data import write_synthetic_cityscapes
 for _name in ("RAY_enable_metrics_collection", "RAY_event_stats",
               "RAY_prestart_worker_first_driver"):
     os.environ.setdefault(_name, "0")
+# Ray's token authentication, as raycity's entry points set it before Ray loads: a Ray the tests
+# start themselves (a multi-node Cluster) must agree with the driver that joins it. It used to
+# come from whichever test had first run a CLI in the same worker; the multi-node test dealt
+# before any such test had every trial refused ("Missing authorization header").
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 SHARED_RUNS = {"smoke_run": "smoke", "sweep_run": "sweep", "data_run": "data", "local_run": "local"}
 # The two longest tests (≈ 2 min each) ride with a group, so that each worker knows its long one

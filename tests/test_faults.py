@@ -146,7 +146,8 @@ def test_out_of_memory_names_the_flags(tiny_cityscapes):
 
 def test_multi_node_cluster_with_shared_storage(tmp_path, tiny_cityscapes):
     """A head with no CPUs and one worker node: every fold must run on the worker, with
-    experiment state on a shared storage path, and the tables still land in results/<name>."""
+    experiment state on a shared storage path, and the tables still land in results/<name>.
+    (The cluster has Ray's token authentication, as raycity's driver does: conftest.py.)"""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

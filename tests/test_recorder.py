@@ -191,3 +191,16 @@ def test_a_cv_runs_curves_follow_it_at_most_every_interval_and_are_complete_when
         recorder.on_experiment_end([one, two])  # stopped part-way: drawn now, with epoch 3
         assert drawn()["fold1_history.png"] != second["fold1_history.png"]
         assert drawn()["fold2_history.png"] == second["fold2_history.png"]
+
+
+def test_a_trial_that_never_reported_is_known_by_its_folder():
+    """Tune's Result has no config for a trial whose worker died before its first result; the
+    driver's table of outcomes still needs its (configuration, fold) — it used to end the run
+    in a TypeError traceback."""
+    from raycity.runtables import trial_dirname
+    from raycity.tune.experiment import result_key
+
+    reported = SimpleNamespace(config={"variant": {"config_id": "c_2"}, "fold": 3}, path="x")
+    assert result_key(reported) == ("c_2", 3)
+    silent = SimpleNamespace(config=None, path=f"/runs/tune/{trial_dirname('c_2', 3, '1e76e_00001')}")
+    assert result_key(silent) == ("c_2", 3)

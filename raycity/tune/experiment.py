@@ -35,7 +35,7 @@ from raycity.run import (
     new_folds,
 )
 from raycity.runlock import RunLock
-from raycity.runtables import load_epochs, load_status, write_tables
+from raycity.runtables import TRIAL_DIR, load_epochs, load_status, trial_dirname, write_tables
 from raycity.tracking import Tracker
 from raycity.training import run_fold
 from raycity.tune.driver import RayLogs, StopSignals, connect_ray, probe_storage
@@ -188,7 +188,7 @@ def _run(kind: str, cfg: Config, opts: RunOptions, variants: Sequence[Variant],
         echo(f"{len(grid)} trial(s) ended in {time.time() - t0:.0f} s")
         status = {}
         for result in grid:
-            key = (result.config["variant"]["config_id"], int(result.config["fold"]))
+            key = result_key(result)
             if result.error is not None:
                 status[key] = f"failed: {failure_message(result.error)}"
             else:
@@ -242,13 +242,21 @@ def resource_plan(cfg: Config, opts: RunOptions, trials: int) -> TrialPlan:
     return plan
 
 
+def result_key(result: Any) -> tuple[str, int]:
+    """A trial's (configuration, fold). Tune's Result knows the config only from a reported
+    result; for a trial that never reported one (its worker died first), its folder says."""
+    if result.config is not None:
+        return result.config["variant"]["config_id"], int(result.config["fold"])
+    named = TRIAL_DIR.match(Path(result.path).name)
+    return named[1], int(named[2])
+
+
 def build_tuner(trainable: Any, state: RunState, run_dir: Path, folds: Sequence[FoldSplit],
                 opts: RunOptions, scheduler: Any, search: SearchPlan | None):
     from ray import tune
 
     def name(trial: Any) -> str:
-        config_id, fold = trial_key(trial)
-        return f"{config_id}_fold{fold}_{trial.trial_id}"
+        return trial_dirname(*trial_key(trial), trial.trial_id)
 
     callbacks = [RunRecorder()] + ([SchedulerState(scheduler)] if scheduler is not None else [])
     if search is None:  # every variant × every fold, as Tune's grid
