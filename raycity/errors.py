@@ -32,6 +32,11 @@ def failure_message(text: object, failures: int = 0) -> str:
     """A failed trial in one line: a worker killed from outside (kill -9, the OOM killer,
     Ray's memory monitor) as such, not Ray's paragraph of common causes."""
     raw = str(text)
+    if text is None:  # Tune kept no error: the trial's worker never got to say one
+        return "its worker stopped before it reported anything; --resume retries it"
+    if "cancelled before it started running" in raw:  # Ray never ran it at all
+        return ("Ray cancelled its worker before it started: a cluster without token "
+                "authentication refuses this driver's (RAY_AUTH_MODE=token), for one")
     if "OutOfMemoryError" in raw or "memory monitor" in raw:
         return (f"its worker ran out of host memory and was killed ({failures + 1} time(s)); "
                 f"lower --batch-size, --num-workers or --cpus-per-trial, then --resume")

@@ -269,3 +269,9 @@ def test_a_worker_killed_from_outside_is_one_line_not_rays_paragraph():
     assert "host memory" in failure_message("ray.exceptions.OutOfMemoryError: Task was killed "
                                             "due to the node running low on memory.")
     assert failure_message("Traceback…\nDataError: x.png: bad") == "DataError: x.png: bad"
+    # a worker that never ran (seen against a cluster started without token authentication)
+    never = ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this "
+             "task.\nThe actor never ran - it was cancelled before it started running.")
+    assert "token authentication" in failure_message(never)
+    assert failure_message(None) == ("its worker stopped before it reported anything; --resume "
+                                     "retries it")
