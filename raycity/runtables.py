@@ -33,8 +33,8 @@ from raycity.results import (
 )
 from raycity.run import RunDir, RunState
 
-# a trial's folder, `<config>_fold<k>_<trial id>` (a trial id may hold '_': `c05b1_00000`)
-# Tune's folder of one trial, as the driver names it: <config>_fold<k>_<trial id>.
+# a trial's folder, as the driver names it: `<config>_fold<k>_<trial id>` (a trial id may hold
+# '_': `c05b1_00000`)
 TRIAL_DIR = re.compile(r"^(.+?)_fold(\d+)_(.+)$")
 
 

@@ -17,6 +17,7 @@ from raycity.data import write_synthetic_cityscapes
 # CV, 10), "sweep" (the readers of the ASHA sweep, 6) and "data" (test_cli_data's module run and
 # the optuna sweep killed and resumed, 5), each made once on the worker that reads it; the rest
 # fills in as workers free up. Recount when tests move between groups.
+
 # Ray's background work that no test reads — its metrics collection, its event-loop statistics,
 # and the idle workers it starts ahead for a first driver — costs CPU the tests' trials need:
 # ≈ 0.07 of a core for each idle Ray, half without these, and 4 of 50 core-seconds of
