@@ -139,10 +139,10 @@ def test_optuna_sweep_survives_a_kill_and_the_searcher_hears_fold_means(tmp_path
     assert len(fold_runs) == len([r for r in mlruns if "raycity.fold" in r.data.tags])
     assert set(fold_runs) == set(last.index)
     for (config_id, fold), run in fold_runs.items():
-        table = epochs[(epochs["config_id"] == config_id) & (epochs["fold"] == fold)]
+        table = epochs[(epochs["config_id"] == config_id)
+                       & (epochs["fold"] == fold)].sort_values("epoch")
         assert history(client, run, "miou_low") == [
-            (int(e), pytest.approx(v, rel=1e-9)) for e, v in
-            zip(table.sort_values("epoch")["epoch"], table.sort_values("epoch")["miou_low"])]
+            (int(e), pytest.approx(v, rel=1e-9)) for e, v in zip(table["epoch"], table["miou_low"])]
     assert len(board) == CONFIGS and {"hp_lr", "hp_dropout"} <= set(board.columns)
     assert board.loc["c2", "folds_failed"] == 1
     assert (run_dir / "figures" / "sweep.png").is_file()

@@ -219,8 +219,8 @@ class RunRecorder(tune.Callback):
         for writer in self.writers.values():
             writer.close()
         self.writers.clear()
-        if any(t.status not in ("TERMINATED", "ERROR") for t in trials):  # no report follows
-            self.draw_curves(epochs_frame(self.rows))
+        if self.stale and any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+            self.draw_curves(epochs_frame(self.rows))  # stopped part-way: no report follows
 
     def tensorboard(self, key: tuple[str, int], row: dict) -> None:
         from tensorboardX import SummaryWriter
