@@ -27,7 +27,7 @@ from raycity.results import (
     atomic_write_parquet,
     atomic_write_text,
     epochs_frame,
-    fold_stats,
+    mean_std,
     summarize,
     table1_markdown,
 )
@@ -160,15 +160,17 @@ def per_class_frame(summary: pd.DataFrame) -> pd.DataFrame:
     fold that finished at its best epoch, beside their mean ± std (ddof=0) over those folds."""
     rows = []
     for config_id, group in summary[summary["status"] == "ok"].groupby("config_id", sort=True):
+        folds = [int(f) for f in group["fold"]]
+        repeats = [int(r) for r in group[REPEAT]] if REPEAT in group else [1] * len(folds)
         for key, low, full in zip(CLASS_KEYS, IOU_LOW, IOU_FULL):
             if low not in group:
                 continue
-            (low_mean, low_std), (full_mean, full_std) = fold_stats(group, low), fold_stats(group, full)
+            (low_mean, low_std), (full_mean, full_std) = mean_std(group[low]), mean_std(group[full])
             stats = {"iou_low_mean": low_mean, "iou_low_std": low_std,
                      "iou_full_mean": full_mean, "iou_full_std": full_std}
-            rows += [{"config_id": config_id, "class": key, "fold": int(r["fold"]),
-                      REPEAT: int(r.get(REPEAT, 1)), "iou_low": r[low], "iou_full": r[full],
-                      **stats} for r in group.to_dict("records")]
+            rows += [{"config_id": config_id, "class": key, "fold": fold, REPEAT: repeat,
+                      "iou_low": a, "iou_full": b, **stats}
+                     for fold, repeat, a, b in zip(folds, repeats, group[low], group[full])]
     return pd.DataFrame(rows, columns=["config_id", "class", "fold", REPEAT, "iou_low", "iou_full",
                                        "iou_low_mean", "iou_low_std", "iou_full_mean",
                                        "iou_full_std"])

@@ -195,7 +195,7 @@ def test_repeated_k_fold_trains_every_repeat_and_fold_once(tmp_path, tiny_citysc
     from tests.localrun import write_local_run
 
     cfg = preset("smoke", data_root=str(tiny_cityscapes), epochs=1, folds=2, repeats=2)
-    run_dir = write_local_run(cfg, tmp_path / "rep")
+    run_dir = write_local_run(cfg, tmp_path / "rep", figures=False)
     summary = pd.read_parquet(run_dir / "summary.parquet")
     folds = json.loads((run_dir / "folds.json").read_text())
     assert folds["repeats"] == 2 and [(f["repeat"], f["fold"]) for f in folds["folds"]] == [
