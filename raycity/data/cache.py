@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from raycity.data.layout import DataError, Sample, find_samples, read_sample
-from raycity.data.transforms import resize_image
 from raycity.errors import brief
 
 CACHE_DIRNAME = "raycity-cache"
@@ -94,6 +93,8 @@ def build_cache(root: str | Path, image_size: tuple[int, int], scale_jitter: flo
 
 def _resized(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """H×W×3 uint8 at `size`, by the resize `transforms.preprocess` makes (bit-identical)."""
+    from raycity.data.transforms import resize_image  # torchvision: only to build a cache
+
     return resize_image(image, size).permute(1, 2, 0).numpy()
 
 

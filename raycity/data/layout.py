@@ -10,13 +10,16 @@ import functools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_png
 
 from raycity.constants import LABEL_TO_TRAIN, VALID_LABEL_IDS
 from raycity.errors import UserError, brief
+
+if TYPE_CHECKING:  # torchvision loads when a PNG is first decoded (raycity/data/__init__.py)
+    from torchvision.io import ImageReadMode
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GREYSCALE = 0  # PNG colour type of single-channel images
@@ -105,6 +108,8 @@ def check_pixels(path: Path, width: int, height: int, max_pixels: int = MAX_PIXE
 
 
 def read_png(path: Path, mode: ImageReadMode, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    from torchvision.io import decode_png
+
     width, height, _, _ = png_header(path)
     check_pixels(path, width, height, max_pixels)
     try:
@@ -169,6 +174,8 @@ def check_pairs(samples: list[Sample], skip_bad: bool = False,
 
 def read_sample(sample: Sample, max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 image (3×H×W) and trainId mask (H×W), validated; DataError names the file."""
+    from torchvision.io import ImageReadMode
+
     image = read_png(sample.image_path, ImageReadMode.RGB, max_pixels)
     label_ids = read_png(sample.label_path, ImageReadMode.GRAY, max_pixels)[0]
     if label_ids.dtype != torch.uint8:  # a 16-bit PNG
