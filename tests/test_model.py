@@ -95,8 +95,9 @@ def test_a_narrow_decoder_keeps_the_stages_and_shapes():
 
 
 def test_dropout_only_when_asked():
-    off = UNetResNet50(dropout=0.0)
-    on = UNetResNet50(dropout=0.3)
+    narrow = (256, 128, 64, 32, 16)  # the bottleneck's dropout, without 2 × 147 M weights
+    off = UNetResNet50(dropout=0.0, decoder_channels=narrow)
+    on = UNetResNet50(dropout=0.3, decoder_channels=narrow)
     assert not any(isinstance(m, torch.nn.Dropout2d) for m in off.modules())
     drops = [m for m in on.bottleneck.modules() if isinstance(m, torch.nn.Dropout2d)]
     assert len(drops) == 1 and drops[0].p == 0.3
