@@ -154,9 +154,9 @@ def test_a_fold_stopped_by_early_stopping_drops_its_states_at_once(tmp_path):
 
 def test_a_cv_runs_curves_follow_it_at_most_every_interval_and_are_complete_when_it_stops(
         tmp_path, monkeypatch):
-    """Each redraw costs the driver CPU its trials need: the first epoch is drawn at once, later
-    ones when LIVE_FIGURES_S have passed; a run stopped part-way (no report to follow) draws
-    what was left at its end, a finished one leaves that to its report."""
+    """Each redraw costs the driver CPU its trials need: the curves are drawn LIVE_FIGURES_S
+    after the driver starts, then at most every LIVE_FIGURES_S; a run stopped part-way (no
+    report to follow) draws what was left at its end, a finished one leaves that to its report."""
     from raycity.run import RunDir
     from raycity.tune import recorder as module
 
@@ -165,30 +165,34 @@ def test_a_cv_runs_curves_follow_it_at_most_every_interval_and_are_complete_when
     state = RunState("cv", preset("smoke"), [Variant("cv")], str(tmp_path), True, None, "tune", [])
     files = RunDir(tmp_path)
     drawn = lambda: {p.name: p.read_bytes() for p in files.figures.glob("*.png")}  # noqa: E731
+    wait = module.LIVE_FIGURES_S
     with recording(tmp_path, state, lambda line: None):
         recorder = RunRecorder()
         recorder.setup()
         one, two = trial("cv", 1, {}, "a"), trial("cv", 2, {}, "b")
         recorder.on_trial_result(0, [one, two], one, result(1, 1e-3))
-        first = drawn()
-        assert set(first) == {"fold1_history.png", "cv_history.png"}
-        now[0] += module.LIVE_FIGURES_S - 1
+        now[0] += wait - 1
         recorder.on_trial_result(0, [one, two], two, {**result(1, 1e-3), "fold": 2})
-        recorder.on_trial_result(0, [one, two], one, result(2, 1e-3))
-        assert drawn() == first  # too soon: the tables only
-        assert len(pd.read_parquet(files.epochs)) == 3
+        assert drawn() == {}  # too soon after the start: the tables only
+        assert len(pd.read_parquet(files.epochs)) == 2
         now[0] += 1
+        recorder.on_trial_result(0, [one, two], one, result(2, 1e-3))
+        first = drawn()  # every fold that had new epochs, and the mean
+        assert set(first) == {"fold1_history.png", "fold2_history.png", "cv_history.png"}
+        now[0] += wait - 1
         recorder.on_trial_result(0, [one, two], two, {**result(2, 1e-3), "fold": 2})
-        second = drawn()  # every fold that had new epochs, and the mean
-        assert set(second) == {"fold1_history.png", "fold2_history.png", "cv_history.png"}
-        assert second["fold1_history.png"] != first["fold1_history.png"]
+        assert drawn() == first  # too soon after the last drawing
+        now[0] += 1
         recorder.on_trial_result(0, [one, two], one, result(3, 1e-3))
+        second = drawn()
+        assert all(second[name] != first[name] for name in first)  # fold 2's epoch 2 too
+        recorder.on_trial_result(0, [one, two], one, result(4, 1e-3))
         assert drawn() == second
         one.status, two.status = "TERMINATED", "TERMINATED"
         recorder.on_experiment_end([one, two])  # finished: its report draws them
         assert drawn() == second
         one.status = "RUNNING"
-        recorder.on_experiment_end([one, two])  # stopped part-way: drawn now, with epoch 3
+        recorder.on_experiment_end([one, two])  # stopped part-way: drawn now, with epoch 4
         assert drawn()["fold1_history.png"] != second["fold1_history.png"]
         assert drawn()["fold2_history.png"] == second["fold2_history.png"]
 

@@ -149,6 +149,27 @@ def test_a_damaged_table_is_rebuilt_from_the_folds_records(run_dir, tmp_path, ca
     assert (copy / "report.md").is_file()
 
 
+def test_resuming_a_finished_run_rebuilds_what_is_missing_and_trains_nothing(run_dir, tmp_path,
+                                                                          capsys):
+    """`--resume` of a finished run says so and rebuilds what is missing — the report, and the
+    rows an older copy of the table lacks — from the folds' records, before any Ray starts;
+    nothing is trained again. (Resumes that train: tests/test_resume.py.)"""
+    from raycity import cv
+
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report.md"))
+    done = pd.read_parquet(copy / "epochs.parquet")
+    done.iloc[:2].to_parquet(copy / "epochs.parquet", index=False)
+    stamps = lambda: {p: p.stat().st_mtime_ns for p in (copy / "checkpoints").rglob("*")}  # noqa: E731
+    before = stamps()
+    assert cv.main(["--resume", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "this run has finished" in out, out
+    assert f"added {len(done) - 2} epoch row(s) the trials recorded" in out, out
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "epochs.parquet"), done)
+    assert (copy / "report.md").is_file() and stamps() == before
+
+
 def test_a_folder_that_is_not_a_run_or_a_damaged_run_json_is_named(tmp_path, capsys):
     assert evaluate.main(["--run", str(tmp_path)]) == 2
     line = capsys.readouterr().err

@@ -153,6 +153,16 @@ def test_the_plan_settles_workers_and_memory_together():
                                               workers=int(small.cpus) - 1)
 
 
+def test_a_fold_granted_no_gpu_on_a_gpu_node_plans_as_a_cpu_fold():
+    """--gpus-per-trial 0 on a node with GPUs: the request holds no GPU, and the memory a CPU
+    fold needs (its weights, gradients, Adam moments and activations), not a GPU fold's pinned
+    buffers; Ray then grants no GPU id, and the trial trains on the CPU (below)."""
+    cfg = preset("smoke", epochs=1, folds=2)
+    plan = fold_plan(cfg, [Node("box", 2, 2, 24 * GIB)], 2, 0)
+    assert plan.gpus == 0 and plan.concurrent == 2
+    assert plan.memory == trial_memory_bytes(cfg, False) > trial_memory_bytes(cfg, True, 0)
+
+
 @pytest.mark.parametrize("gpu_ids, visible, device", [
     ([], None, "cpu"),  # granted none: the CPU, even on a node with GPUs
     ([], "0,1", "cpu"),

@@ -1,8 +1,9 @@
 """Stopping and resuming as users (and machines) do it, on one run: a worker killed, Ctrl-C, the
-run copied and moved, SIGTERM to a resuming copy, the table lost, a resume of a finished run — and
-it ends with every (fold, epoch) once and the numbers of the same folds trained uninterrupted, in
-this process and without Ray. (The driver killed outright, local Ray and all, and resumed:
-tests/test_sweep_resume.py, through the same driver with stand-in folds.)"""
+run copied and moved, SIGTERM to a resuming copy, the table lost — and it ends with every
+(fold, epoch) once and the numbers of the same folds trained uninterrupted, in this process and
+without Ray. (The driver killed outright, local Ray and all, and resumed:
+tests/test_sweep_resume.py, through the same driver with stand-in folds; a resume of a finished
+run, which starts no Ray: tests/test_report.py.)"""
 
 from __future__ import annotations
 
@@ -131,16 +132,3 @@ def test_kills_signals_moves_copies_and_a_lost_table_all_resume_to_the_same_numb
     children = children_of(runs, parent)
     assert len(runs) == 1 + FOLDS and len(children) == FOLDS and parent.info.status == "FINISHED"
     check_folds_equal_the_table(client, children, done)
-
-    # resuming a finished run says so and rebuilds what is missing: the report, and the rows
-    # an older copy of the table lacks
-    (moved / "report.md").unlink()
-    done.iloc[:2].to_parquet(moved / "epochs.parquet", index=False)
-    before = files_and_times(moved / "checkpoints")
-    code, out = finish(cv_process(tmp_path, "--resume", str(moved), env=env, epochs=EPOCHS))
-    assert code == 0 and "this run has finished" in out, out
-    assert f"added {ALL - 2} epoch row(s) the trials recorded" in out, out
-    same_numbers(rows(moved), reference)
-    assert (moved / "report.md").is_file()
-    assert files_and_times(moved / "checkpoints") == before  # nothing retrained
-

@@ -25,7 +25,7 @@ EPOCHS, FOLDS, CONFIGS = 2, 2, 3
 def sweep_process(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, LOG: str(log), "RAYCITY_STANDIN_EPOCH_S": "0.4", FAIL: "c2:2",
            "RAY_AUTH_MODE": "token"}  # what raycity's own entry points set before Ray loads
-    return subprocess.Popen([sys.executable, "-m", "tests.standin_sweep", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "tests.standin_cli", "sweep", *args], env=env,
                             start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

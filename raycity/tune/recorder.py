@@ -49,9 +49,10 @@ class Recording:
     tracker: Tracker | None = None  # MLflow, when asked
 
 
-# A CV run's curves follow it at most this often: a redraw costs the driver 0.5–1 s of CPU
-# (matplotlib; measured on 2 cores), which every epoch of a short one took from its trials. A run
-# that finishes draws them all in its report; one stopped part-way, at its end.
+# A CV run's curves follow it at most this often, the first time this long after the driver
+# starts: a redraw costs the driver 0.5–1 s of CPU (matplotlib; measured on 2 cores), which every
+# epoch of a short run took from its trials, and a run that ends sooner draws them in its report
+# anyway (one stopped part-way, at its end). A real epoch takes minutes: it is drawn at once.
 LIVE_FIGURES_S = 30.0
 
 CURRENT: contextvars.ContextVar[Recording | None] = contextvars.ContextVar("recording",
@@ -120,6 +121,7 @@ class RunRecorder(tune.Callback):
         if (current := CURRENT.get()) is None:
             raise RuntimeError("RunRecorder used outside `recording(...)`")
         self.run = current
+        self.drawn_at = monotonic()  # the first curves after LIVE_FIGURES_S, not at once
         run_dir = self.run.run_dir
         if not self.rows:  # a resumed driver continues the table
             self.rows = load_epochs(run_dir, self.run.state, self.run.echo).to_dict("records")

@@ -1,6 +1,7 @@
-"""`python -m raycity.sweep` with the stand-in fold instead of the model, for end-to-end tests of
-search, kill and resume in seconds: `python -m tests.standin_sweep ARGS` takes the same
-arguments. (No prediction panels: there is no model to draw them with.)"""
+"""`python -m raycity.cv` and `python -m raycity.sweep` with the stand-in fold instead of the
+model, for end-to-end tests of search, placement, kill and resume in seconds:
+`python -m tests.standin_cli cv|sweep ARGS` takes the same arguments. (No prediction panels:
+there is no model to draw them with.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ray import cloudpickle
 
 import raycity.report
 import raycity.tune.experiment
-from raycity import sweep
+from raycity import cv, sweep
 from tests import standins
 
 cloudpickle.register_pickle_by_value(standins)  # Ray's workers cannot import tests/
@@ -20,4 +21,4 @@ raycity.tune.experiment.run_experiment = functools.partial(
 raycity.report.write_report = functools.partial(raycity.report.write_report, figures=False)
 
 if __name__ == "__main__":
-    raise SystemExit(sweep.main(sys.argv[1:]))
+    raise SystemExit({"cv": cv, "sweep": sweep}[sys.argv[1]].main(sys.argv[2:]))
