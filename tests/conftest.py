@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from raycity.data import write_synthetic_cityscapes
-
 # Two xdist workers: the suite is CPU-bound (91 % of both cores busy, measured over a whole run
 # from /proc/stat), and a third worker made every test ≈ 1.7 × slower (475 s against 422 s).
 # xdist's loadgroup deals the groups with the most tests first: "local" (the readers of the
@@ -26,6 +24,12 @@ from raycity.data import write_synthetic_cityscapes
 for _name in ("RAY_enable_metrics_collection", "RAY_event_stats",
               "RAY_prestart_worker_first_driver"):
     os.environ.setdefault(_name, "0")
+# OpenMP threads that spin after each parallel region, waiting for the next, take the CPU that
+# the other xdist worker and the trials beside them need: two processes training with torch's 2
+# threads each took 5.9 s of CPU each, 1.8 s when waiting threads sleep (OMP_WAIT_POLICY=PASSIVE;
+# the suite: 514 against 544 busy core-s). Set before torch loads, here and in every process the
+# tests start. raycity leaves it alone: a trial's threads are its own CPUs (one per CPU granted).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Ray's token authentication, as raycity's entry points set it before Ray loads: a Ray the tests
 # start themselves (a multi-node Cluster) must agree with the driver that joins it. It used to
 # come from whichever test had first run a CLI in the same worker; the multi-node test dealt
@@ -91,6 +95,8 @@ def ray_session():
 def tiny_cityscapes(tmp_path_factory) -> Path:
     """Six train and two val scenes in the official layout, at 64×128."""
     root = tmp_path_factory.mktemp("cityscapes")
+    from raycity.data import write_synthetic_cityscapes  # torch loads after the settings above
+
     return write_synthetic_cityscapes(root, {"train": 6, "val": 2}, (64, 128), seed=3)
 
 
