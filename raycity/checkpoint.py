@@ -8,7 +8,7 @@ from typing import Any, BinaryIO
 import torch
 
 from raycity.constants import NUM_CLASSES
-from raycity.errors import UserError, brief
+from raycity.errors import UserError, brief, error_text
 
 ARCH = "UNetResNet50"
 FILENAME = "checkpoint.pt"
@@ -40,9 +40,9 @@ def load_checkpoint(path: str | Path | BinaryIO,
     label = name or str(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # the loader's own words, or its error's name (an EOFError has none)
+    except Exception as err:
         raise CheckpointError(f"{label}: not a loadable raycity checkpoint ({brief(err)})",
-                              reason=str(err).strip() or type(err).__name__) from err
+                              reason=error_text(err)) from err
     meta = state.get("meta", {}) if isinstance(state, dict) else {}
     if meta.get("arch") != ARCH or "model" not in state:
         reason = f"not a {ARCH} checkpoint (arch={meta.get('arch')!r})"

@@ -18,13 +18,22 @@ class UserError(Exception):
     expected."""
 
 
+def error_text(err: BaseException) -> str:
+    """An error's own words, or its type where they say nothing: an EOFError has none, and a
+    KeyError's are only the key it missed (torch.load of a text file: `KeyError: 174812789`)."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    return f"{type(err).__name__}: {text}" if isinstance(err, KeyError) else text
+
+
 def brief(err: BaseException, limit: int = 160) -> str:
     """Another library's error in one short line, for inside a message of ours (torch's
     weights-only refusal alone is a page of advice that does not apply here)."""
-    text = str(err).strip()
+    text = error_text(err)
     if "Weights only load failed" in text or "WeightsUnpickler" in text:
         return "not a tensor file that loads with weights_only=True"
-    line = text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0]
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 

@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 import torch
 
 from raycity.checkpoint import CheckpointError, load_checkpoint
-from raycity.errors import brief
+from raycity.errors import brief, error_text
 from raycity.foldfiles import BEST, DONE, RECORD, STATE, FoldFiles
 from raycity.hostcopy import HostBuffers
 
@@ -237,7 +237,7 @@ class FoldCheckpoints(FoldFiles):
             reason = err.reason
         else:
             cause = err.__cause__ or err
-            reason = str(cause).strip() or type(cause).__name__
+            reason = error_text(cause)
         try:
             info = self.fs.get_file_info(self._path(name))
             size = f"{info.size} bytes: " if info.type == pafs.FileType.File else ""

@@ -186,3 +186,15 @@ def test_token_authentication_stays_on_and_quiet():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120).stdout.split()
     assert out == ["token", "None"]
+
+
+def test_another_librarys_error_is_said_in_words_that_say_something():
+    """Inside our one line, a foreign error keeps its own words, or names its type where they
+    say nothing: torch.load of a text file raised `KeyError(174812789)`, which a user read as
+    `not a loadable state dict (174812789)`."""
+    from raycity.errors import brief
+
+    assert brief(KeyError(174812789)) == "KeyError: 174812789"
+    assert brief(EOFError()) == "EOFError"
+    assert brief(ValueError("first line\nsecond")) == "first line"
+    assert brief(RuntimeError("x" * 200), 10) == "x" * 9 + "…"
